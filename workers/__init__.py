@@ -1,0 +1,1 @@
+"""The browser-facing surface: REST viewsets, the WebSocket consumer and the event relay."""

@@ -1,0 +1,12 @@
+"""App config of the workers app."""
+
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class WorkersConfig(AppConfig):
+    """Browser-facing API over workers of every runtime."""
+
+    name = "workers"
+    default_auto_field = "django.db.models.BigAutoField"

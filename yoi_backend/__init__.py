@@ -1,0 +1,1 @@
+"""The Yoi Workspace Backend Django project."""

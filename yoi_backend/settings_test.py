@@ -1,0 +1,14 @@
+"""Settings for the test suite: a throwaway data dir, fast hashing, in-memory channel layer."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ.setdefault("YOI_DATA_DIR", tempfile.mkdtemp(prefix="yoi-test-data-"))
+
+from yoi_backend.settings import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+if not os.environ.get("REDIS_URL"):
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
