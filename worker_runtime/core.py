@@ -174,7 +174,7 @@ class WorkerRuntime:
 
     def _reconcile_transcript(self, w: _Worker) -> None:
         """Re-add transcript items whose event is durable but whose own append was cut by a crash."""
-        missing = []
+        missing: list[TranscriptItem] = []
         for event in w.events:
             sequence = event.data.get("transcript_sequence")
             if isinstance(sequence, int) and sequence > len(w.transcript) + len(missing):

@@ -6,6 +6,7 @@ when it has finished (on its own, or because of ``stop`` / ``cancel``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -187,10 +188,8 @@ class SubprocessExecutor:
                 stdin.flush()
             except (BrokenPipeError, OSError, ValueError):
                 break
-        try:
+        with contextlib.suppress(OSError):
             stdin.close()
-        except OSError:
-            pass
 
     def _drain_stderr(self, stderr: IO[bytes]) -> None:
         for raw in stderr:
@@ -228,10 +227,8 @@ class SubprocessExecutor:
     def _signal(self, sig: signal.Signals) -> None:
         if self._proc is None or self._proc.poll() is not None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self._proc.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def stop(self, grace: float) -> None:
         self._signal(signal.SIGTERM)

@@ -15,6 +15,7 @@ A torn last line (a crash mid-append) is cut off and logged; anything else unrea
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -223,7 +224,7 @@ class FsStore:
         if path_component(record.worker_id) != worker_dir.name:
             raise StoreError(f"{snapshot} names a worker that does not belong in {worker_dir.name}")
         events = _read_lines(worker_dir / "events.jsonl", Event.from_json)
-        for before, after in zip(events, events[1:], strict=False):
+        for before, after in itertools.pairwise(events):
             if after.seq != before.seq + 1:
                 raise StoreError(f"{worker_dir / 'events.jsonl'}: seq jumps from {before.seq} to {after.seq}")
         transcript = _read_lines(

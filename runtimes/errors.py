@@ -1,0 +1,174 @@
+"""The closed error vocabulary of the Backend (DESIGN §5).
+
+Every failure that reaches a browser is one of these. Messages are fixed texts naming only ids; an
+upstream message passes only through ``scrub`` (no URLs, no paths, bounded length).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
+_PATH_RE = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][\w.~-]+){2,}[\\/]?|~[\\/]\S*")
+MAX_UPSTREAM_MESSAGE = 200
+
+
+def scrub(text: object) -> str:
+    """An upstream message made safe to show: URLs and filesystem paths replaced, length capped."""
+    if not isinstance(text, str):
+        return ""
+    text = _URL_RE.sub("<url>", text)
+    text = _PATH_RE.sub("<path>", text)
+    text = "".join(ch if ch.isprintable() else " " for ch in text).strip()
+    return text[:MAX_UPSTREAM_MESSAGE]
+
+
+class YoiError(Exception):
+    """Base of every typed Backend error: a code, an HTTP status and a fixed message."""
+
+    code: ClassVar[str] = "internal_error"
+    status: ClassVar[int] = 500
+    retryable: ClassVar[bool] = False
+    template: ClassVar[str] = "internal error"
+
+    def __init__(
+        self,
+        *,
+        runtime_id: str | None = None,
+        worker_id: str | None = None,
+        message: str | None = None,
+        fields: dict[str, list[str]] | None = None,
+    ) -> None:
+        self.runtime_id = runtime_id
+        self.worker_id = worker_id
+        self.fields = fields
+        self.message = message or self.template.format(runtime_id=runtime_id, worker_id=worker_id)
+        super().__init__(self.message)
+
+    @property
+    def http_status(self) -> int:
+        """The status a browser gets."""
+        return self.status
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers (Retry-After for the circuit breaker)."""
+        return {}
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``error`` object of the envelope."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message, "retryable": self.retryable}
+        if self.runtime_id is not None:
+            body["runtime_id"] = self.runtime_id
+        if self.worker_id is not None:
+            body["worker_id"] = self.worker_id
+        if self.fields:
+            body["fields"] = self.fields
+        return body
+
+    def __repr__(self) -> str:
+        ids = f"runtime_id={self.runtime_id!r}, worker_id={self.worker_id!r}"
+        return f"{type(self).__name__}(code={self.code!r}, {ids})"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidRequest(YoiError):
+    """Browser input failed validation; ``fields`` says which."""
+
+    code, status, template = "invalid_request", 400, "the request is invalid"
+
+
+class RuntimeNotFound(YoiError):
+    """Unknown runtime_id, or one this user may not see."""
+
+    code, status, template = "runtime_not_found", 404, "runtime {runtime_id} not found"
+
+
+class WorkerNotFound(YoiError):
+    """The runtime answered that it has no such worker."""
+
+    code, status, template = "worker_not_found", 404, "worker {worker_id} not found on runtime {runtime_id}"
+
+
+class RuntimeRejected(YoiError):
+    """The runtime refused the command; carries the runtime's own code."""
+
+    code, template = "runtime_rejected", "runtime {runtime_id} rejected the command"
+
+    def __init__(self, *, upstream_code: str, upstream_status: int = 409, detail: str = "", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.upstream_code = scrub(upstream_code)[:64] or "unknown"
+        self.rejected_status = 409 if upstream_status == 409 else 422
+        detail = scrub(detail)
+        if detail:
+            self.message = f"{self.message}: {detail}"
+
+    @property
+    def http_status(self) -> int:
+        return self.rejected_status
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "upstream_code": self.upstream_code}
+
+
+class RuntimeUnsupported(YoiError):
+    """The runtime lacks the capability or route."""
+
+    code, status, template = "runtime_unsupported", 501, "runtime {runtime_id} does not support this operation"
+
+
+class RuntimeUnreachable(YoiError):
+    """Connection refused, DNS failure, reset, TLS failure; or an embedded store held elsewhere."""
+
+    code, status, retryable, template = "runtime_unreachable", 502, True, "runtime {runtime_id} is unreachable"
+
+
+class RuntimeAuthFailed(YoiError):
+    """The runtime rejected the Backend's credential, or the credential could not be resolved."""
+
+    code, status = "runtime_auth_failed", 502
+    template = "the Backend could not authenticate to runtime {runtime_id}"
+
+
+class RuntimeBadResponse(YoiError):
+    """Non-JSON, wrong shape, oversized body, unexpected 5xx, or a runtime reporting another identity."""
+
+    code, status, retryable = "runtime_bad_response", 502, True
+    template = "runtime {runtime_id} sent an invalid response"
+
+
+class RuntimeDisabled(YoiError):
+    """The runtime is disabled in the registry."""
+
+    code, status, template = "runtime_disabled", 503, "runtime {runtime_id} is disabled"
+
+
+class RuntimeCircuitOpen(YoiError):
+    """Too many recent failures: fast-fail until the breaker half-opens."""
+
+    code, status, retryable = "runtime_circuit_open", 503, True
+    template = "runtime {runtime_id} is failing; retry later"
+
+    def __init__(self, *, retry_after: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.retry_after = max(1, int(retry_after + 0.999))
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class RuntimeTimeout(YoiError):
+    """Connect or read timeout."""
+
+    code, status, retryable, template = "runtime_timeout", 504, True, "runtime {runtime_id} timed out"
+
+
+# Failures that count against a runtime's health (the circuit breaker and probe status).
+TRANSPORT_FAILURES: tuple[type[YoiError], ...] = (
+    RuntimeUnreachable,
+    RuntimeTimeout,
+    RuntimeBadResponse,
+    RuntimeAuthFailed,
+)
