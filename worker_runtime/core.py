@@ -133,6 +133,8 @@ class WorkerRuntime:
         self._workers: dict[str, _Worker] = {}
         self._streams_open = 0
         self._state = "new"
+        # Answered POSTs loaded from the store; the server's idempotency cache takes them over.
+        self.idempotency_entries: list[dict[str, Any]] = []
 
     def __repr__(self) -> str:
         return f"WorkerRuntime(runtime_id={self.runtime_id!r}, backend={self._store.backend!r})"
@@ -142,6 +144,7 @@ class WorkerRuntime:
     def open(self) -> None:
         """Load the store and bring every worker back; raises StoreError if the store is unusable."""
         contents = self._store.open(self.runtime_id)
+        self.idempotency_entries = list(contents.idempotency)
         with self._lock:
             for worker_id, log in contents.workers.items():
                 self._workers[worker_id] = _Worker(log, self.config.profile(log.record.profile))

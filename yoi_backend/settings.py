@@ -160,6 +160,8 @@ STORAGES = {
     },
 }
 
+WHITENOISE_USE_FINDERS = DEBUG
+
 LOGIN_URL = "/admin/login/"
 
 REST_FRAMEWORK = {

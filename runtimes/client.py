@@ -1,0 +1,505 @@
+"""The one HTTP boundary of the Backend: ``RemoteRuntimeClient`` talks runtime protocol v1 to a remote runtime.
+
+This is the only module that imports ``requests`` and ``sseclient``. It owns the path constants, the bearer
+header, one pooled session per runtime, explicit ``(connect, read)`` timeouts, redirects off, a response
+size cap with a total deadline, and ``_map_failure``: the one place a transport failure or an unwanted
+status becomes a typed error of ``runtimes.errors``. Exception text is never used (it contains the URL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from http.cookiejar import DefaultCookiePolicy
+from typing import Any
+from urllib.parse import quote
+
+import requests
+import sseclient
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from runtimes.errors import (
+    InvalidRequest,
+    RuntimeAuthFailed,
+    RuntimeBadResponse,
+    RuntimeRejected,
+    RuntimeTimeout,
+    RuntimeUnreachable,
+    RuntimeUnsupported,
+    WorkerNotFound,
+    YoiError,
+    scrub,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+# Three of the runtime's 15 s pings: a stream silent for longer is dead, not idle.
+DEFAULT_STREAM_IDLE_TIMEOUT = 45.0
+# One SSE event (bytes between two blank lines) may not grow past this.
+DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+POOL_MAXSIZE = 32
+READ_CHUNK_BYTES = 64 * 1024
+
+PATH_RUNTIME = "/v1/runtime"
+PATH_WORKERS = "/v1/workers"
+PATH_WORKER = "/v1/workers/{worker_id}"
+PATH_WORKER_INPUT = "/v1/workers/{worker_id}/input"
+PATH_WORKER_STOP = "/v1/workers/{worker_id}/stop"
+PATH_WORKER_CANCEL = "/v1/workers/{worker_id}/cancel"
+PATH_WORKER_TRANSCRIPT = "/v1/workers/{worker_id}/transcript"
+PATH_WORKER_EVENTS = "/v1/workers/{worker_id}/events"
+
+ID_PATTERN = r"[A-Za-z0-9_:-]{1,120}"
+_ID_RE = re.compile(ID_PATTERN)
+# A token goes into a header: printable ASCII without spaces, or it is not a usable credential.
+_TOKEN_RE = re.compile(r"[\x21-\x7e]+")
+_SSE_TERMINATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
+
+TokenProvider = Callable[[], str]
+
+_TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (
+    requests.exceptions.Timeout,  # ConnectTimeout and ReadTimeout
+    urllib3.exceptions.TimeoutError,  # ReadTimeoutError while streaming a body
+    TimeoutError,  # socket.timeout
+)
+_UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
+    requests.exceptions.ConnectionError,  # refused, DNS, TLS, proxy
+    requests.exceptions.ChunkedEncodingError,  # reset mid-body
+    requests.exceptions.InvalidURL,  # a base_url that cannot be dialled
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidSchema,
+    urllib3.exceptions.ProtocolError,  # reset / incomplete read while streaming a body
+    urllib3.exceptions.SSLError,
+    urllib3.exceptions.NewConnectionError,
+    http.client.HTTPException,
+    OSError,
+)
+
+
+def is_valid_id(value: object) -> bool:
+    """True for a slug of the runtime/worker id alphabet."""
+    return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
+
+
+@dataclass(frozen=True)
+class SseMessage:
+    """One dispatched SSE event: name, id and the JSON object of its data (parsed further by handles)."""
+
+    event: str
+    id: str | None
+    data: dict[str, Any]
+
+
+class RemoteRuntimeClient:
+    """HTTP client of one remote runtime; thread-safe, one pooled session, every failure typed."""
+
+    def __init__(
+        self,
+        *,
+        runtime_id: str,
+        base_url: str,
+        token_provider: TokenProvider,
+        connect_timeout: float = 2.0,
+        read_timeout: float = 10.0,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        stream_idle_timeout: float = DEFAULT_STREAM_IDLE_TIMEOUT,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        pool_maxsize: int = POOL_MAXSIZE,
+    ) -> None:
+        if connect_timeout <= 0 or read_timeout <= 0 or stream_idle_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+        if max_body_bytes <= 0 or max_event_bytes <= 0:
+            raise ValueError("size limits must be positive")
+        self.runtime_id = runtime_id
+        self._base_url = base_url.rstrip("/")
+        self._token_provider = token_provider
+        self.connect_timeout = float(connect_timeout)
+        self.read_timeout = float(read_timeout)
+        self.max_body_bytes = int(max_body_bytes)
+        self.stream_idle_timeout = float(stream_idle_timeout)
+        self.max_event_bytes = int(max_event_bytes)
+        self._session = self._make_session(pool_maxsize)
+
+    @staticmethod
+    def _make_session(pool_maxsize: int) -> requests.Session:
+        session = requests.Session()
+        # No proxies or .netrc from the environment (netrc would replace our Authorization header).
+        session.trust_env = False
+        # A runtime has no business setting cookies on the Backend.
+        session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+        # No transport retries: a POST must never be sent twice behind the caller's back.
+        retries = Retry(total=0, connect=0, read=0, redirect=0, status=0, other=0, raise_on_redirect=False)
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_maxsize, max_retries=retries)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return session
+
+    def __repr__(self) -> str:
+        return f"RemoteRuntimeClient(runtime_id={self.runtime_id!r}, base_url=<backend-private>, token=<redacted>)"
+
+    __str__ = __repr__
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._session.close()
+
+    # ----------------------------------------------------------------------------------------- requests
+
+    def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        worker_id: str | None = None,
+        idempotency_key: str | None = None,
+        params: Mapping[str, str | int] | None = None,
+    ) -> tuple[int, dict[str, Any]]:
+        """Send one protocol request; return ``(status, JSON object)`` for a 2xx, raise a typed error otherwise.
+
+        ``path`` is one of the ``PATH_*`` constants; ``{worker_id}`` in it is filled from ``worker_id``.
+        """
+        method = method.upper()
+        url = self._url(path, worker_id)
+        headers = self._headers(accept="application/json")
+        data: bytes | None = None
+        if method == "POST":
+            headers["Idempotency-Key"] = idempotency_key or uuid.uuid4().hex
+        if body is not None:
+            data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+        started = time.monotonic()
+        deadline = started + self.connect_timeout + self.read_timeout
+        try:
+            response = self._session.request(
+                method,
+                url,
+                data=data,
+                params=dict(params) if params else None,
+                headers=headers,
+                timeout=(self.connect_timeout, self.read_timeout),
+                allow_redirects=False,
+                stream=True,
+            )
+        except Exception as exc:
+            raise self._map_failure(exc=exc, worker_id=worker_id) from exc
+        try:
+            raw = self._read_body(response, deadline=deadline, worker_id=worker_id)
+        finally:
+            response.close()
+        status = response.status_code
+        if not 200 <= status < 300:
+            raise self._map_failure(status=status, body=raw, worker_id=worker_id)
+        return status, self._json_object(raw, worker_id=worker_id)
+
+    def open_event_stream(self, worker_id: str, *, after: int | None) -> ClientEventStream:
+        """Open the SSE stream of one worker; ``after`` is the last seq seen (``0`` = from the first event)."""
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int) or after < 0):
+            raise InvalidRequest(runtime_id=self.runtime_id, fields={"after": ["must be an integer >= 0"]})
+        url = self._url(PATH_WORKER_EVENTS, worker_id)
+        headers = self._headers(accept="text/event-stream")
+        headers["Cache-Control"] = "no-cache"
+        if after is not None:
+            headers["Last-Event-ID"] = str(after)
+        deadline = time.monotonic() + self.connect_timeout + self.read_timeout
+        try:
+            response = self._session.get(
+                url,
+                headers=headers,
+                timeout=(self.connect_timeout, self.stream_idle_timeout),
+                allow_redirects=False,
+                stream=True,
+            )
+        except Exception as exc:
+            raise self._map_failure(exc=exc, worker_id=worker_id) from exc
+        status = response.status_code
+        if not 200 <= status < 300:
+            try:
+                raw = self._read_body(response, deadline=deadline, worker_id=worker_id)
+            finally:
+                response.close()
+            raise self._map_failure(status=status, body=raw, worker_id=worker_id)
+        content_type = response.headers.get("Content-Type", "")
+        if not content_type.lower().startswith("text/event-stream"):
+            response.close()
+            self._log_bad_response("not_event_stream", worker_id)
+            raise RuntimeBadResponse(runtime_id=self.runtime_id, worker_id=worker_id)
+        return ClientEventStream(self, response, worker_id=worker_id)
+
+    # ----------------------------------------------------------------------------------------- internals
+
+    def _url(self, path: str, worker_id: str | None) -> str:
+        if "{worker_id}" in path:
+            if not is_valid_id(worker_id):
+                raise InvalidRequest(
+                    runtime_id=self.runtime_id, fields={"worker_id": [f"must match {ID_PATTERN}"]}
+                )
+            assert worker_id is not None
+            path = path.format(worker_id=quote(worker_id, safe=""))
+        return self._base_url + path
+
+    def _headers(self, *, accept: str) -> dict[str, str]:
+        token = self._token_provider()  # may raise RuntimeAuthFailed: no request is made then
+        if not isinstance(token, str) or _TOKEN_RE.fullmatch(token) is None:
+            logger.warning("runtimes.client.token_unusable", extra={"runtime_id": self.runtime_id})
+            raise RuntimeAuthFailed(runtime_id=self.runtime_id)
+        return {
+            "Authorization": f"Bearer {token}",
+            "Accept": accept,
+            # Bodies are capped after decoding; no compression keeps the cap honest and cheap.
+            "Accept-Encoding": "identity",
+        }
+
+    def _read_body(self, response: requests.Response, *, deadline: float, worker_id: str | None) -> bytes:
+        """The whole body, at most ``max_body_bytes``, read before ``deadline`` (slow drips time out)."""
+        declared = response.headers.get("Content-Length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > self.max_body_bytes:
+            self._log_bad_response("body_too_large", worker_id)
+            raise RuntimeBadResponse(runtime_id=self.runtime_id, worker_id=worker_id)
+        buffer = bytearray()
+        raw = response.raw
+        try:
+            while True:
+                if time.monotonic() > deadline:
+                    logger.warning(
+                        "runtimes.client.deadline_exceeded",
+                        extra={"runtime_id": self.runtime_id, "worker_id": worker_id},
+                    )
+                    raise RuntimeTimeout(runtime_id=self.runtime_id, worker_id=worker_id)
+                # read1: at most one recv, so the deadline is checked between the bytes of a slow drip.
+                chunk = raw.read1(READ_CHUNK_BYTES)
+                if not chunk:
+                    break
+                buffer += chunk
+                if len(buffer) > self.max_body_bytes:
+                    self._log_bad_response("body_too_large", worker_id)
+                    raise RuntimeBadResponse(runtime_id=self.runtime_id, worker_id=worker_id)
+        except YoiError:
+            raise
+        except Exception as exc:
+            raise self._map_failure(exc=exc, worker_id=worker_id) from exc
+        return bytes(buffer)
+
+    def _json_object(self, raw: bytes, *, worker_id: str | None) -> dict[str, Any]:
+        try:
+            parsed = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            self._log_bad_response("not_json", worker_id)
+            raise RuntimeBadResponse(runtime_id=self.runtime_id, worker_id=worker_id) from exc
+        if not isinstance(parsed, dict):
+            self._log_bad_response("not_an_object", worker_id)
+            raise RuntimeBadResponse(runtime_id=self.runtime_id, worker_id=worker_id)
+        return parsed
+
+    def _log_bad_response(self, reason: str, worker_id: str | None) -> None:
+        logger.warning(
+            "runtimes.client.bad_response",
+            extra={"runtime_id": self.runtime_id, "worker_id": worker_id, "reason": reason},
+        )
+
+    def _map_failure(
+        self,
+        *,
+        exc: BaseException | None = None,
+        status: int | None = None,
+        body: bytes = b"",
+        worker_id: str | None = None,
+    ) -> YoiError:
+        """THE mapping of a transport exception or a non-2xx status to a typed error (DESIGN §5).
+
+        Never reads ``str(exc)``: requests puts the URL in it.
+        """
+        ids: dict[str, Any] = {"runtime_id": self.runtime_id, "worker_id": worker_id}
+        if exc is not None:
+            if isinstance(exc, YoiError):
+                return exc
+            logger.warning(
+                "runtimes.client.transport_error",
+                extra={"runtime_id": self.runtime_id, "worker_id": worker_id, "error_class": type(exc).__name__},
+            )
+            if isinstance(exc, _TIMEOUT_ERRORS):
+                return RuntimeTimeout(**ids)
+            if isinstance(exc, _UNREACHABLE_ERRORS):
+                return RuntimeUnreachable(**ids)
+            # Anything else requests/urllib3 raise (decoding, invalid headers, ...) is a broken answer.
+            return RuntimeBadResponse(**ids)
+
+        assert status is not None
+        code, message = _error_fields(body)
+        logger.info(
+            "runtimes.client.upstream_status",
+            extra={"runtime_id": self.runtime_id, "worker_id": worker_id, "status": status, "upstream_code": code},
+        )
+        if 300 <= status < 400:
+            return RuntimeBadResponse(**ids)  # redirects are never followed
+        if status in (401, 403):
+            return RuntimeAuthFailed(**ids)
+        if status == 404:
+            if worker_id is not None and code == "worker_not_found":
+                return WorkerNotFound(**ids)
+            return RuntimeUnsupported(**ids)
+        if status in (405, 501):
+            return RuntimeUnsupported(**ids)
+        if status == 413:
+            return RuntimeRejected(
+                upstream_code=code or "payload_too_large", upstream_status=status, detail=message, **ids
+            )
+        if 400 <= status < 500:
+            return RuntimeRejected(upstream_code=code or "unknown", upstream_status=status, detail=message, **ids)
+        return RuntimeBadResponse(**ids)
+
+
+def _error_fields(body: bytes) -> tuple[str | None, str]:
+    """``(code, message)`` of a protocol error body ``{"error": {"code", "message"}}``; lenient."""
+    try:
+        parsed = json.loads(body) if body else None
+    except (ValueError, RecursionError):
+        return None, ""
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if not isinstance(error, dict):
+        return None, ""
+    code = error.get("code")
+    message = error.get("message")
+    return (code if isinstance(code, str) and code else None), scrub(message)
+
+
+class _ChunkSource:
+    """The byte source sseclient reads: one recv at a time, an event size cap, and cut-mid-event detection."""
+
+    def __init__(self, stream: ClientEventStream, response: requests.Response) -> None:
+        self._stream = stream
+        self._raw = response.raw
+        self._pending = 0  # bytes since the last event terminator
+        self._pending_content = False  # any non-newline byte since the last terminator
+        self._tail = b""
+
+    def __repr__(self) -> str:
+        return repr(self._stream)
+
+    def __iter__(self) -> _ChunkSource:
+        return self
+
+    def __next__(self) -> bytes:
+        chunk: bytes = self._raw.read1(READ_CHUNK_BYTES)
+        if not chunk:
+            if self._pending_content:
+                raise _StreamCut
+            raise StopIteration
+        self._track(chunk)
+        return chunk
+
+    def _track(self, chunk: bytes) -> None:
+        window = self._tail + chunk
+        end = max((window.rfind(t) + len(t) if window.rfind(t) >= 0 else -1) for t in _SSE_TERMINATORS)
+        if end >= 0:
+            after = window[end:]
+            self._pending = len(after)
+            self._pending_content = bool(after.strip(b"\r\n"))
+        else:
+            self._pending += len(chunk)
+            self._pending_content = self._pending_content or bool(chunk.strip(b"\r\n"))
+        self._tail = window[-3:]
+        if self._pending > self._stream._max_event_bytes:
+            raise _EventTooLarge
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class _StreamCut(Exception):
+    """The connection ended inside an event."""
+
+
+class _EventTooLarge(Exception):
+    """One event grew past the cap."""
+
+
+class ClientEventStream:
+    """One open SSE stream: iterate ``SseMessage`` items; ``close()`` may be called from any thread."""
+
+    def __init__(self, client: RemoteRuntimeClient, response: requests.Response, *, worker_id: str) -> None:
+        self.runtime_id = client.runtime_id
+        self.worker_id = worker_id
+        self._client = client
+        self._response = response
+        self._max_event_bytes = client.max_event_bytes
+        self._closed = threading.Event()
+        self._close_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"ClientEventStream(runtime_id={self.runtime_id!r}, worker_id={self.worker_id!r})"
+
+    __str__ = __repr__
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called."""
+        return self._closed.is_set()
+
+    def __iter__(self) -> Iterator[SseMessage]:
+        ids: dict[str, Any] = {"runtime_id": self.runtime_id, "worker_id": self.worker_id}
+        events = sseclient.SSEClient(_ChunkSource(self, self._response)).events()
+        try:
+            while True:
+                try:
+                    event = next(events)
+                except StopIteration:
+                    return
+                except _StreamCut as exc:
+                    if self.closed:
+                        return
+                    logger.warning("runtimes.client.stream_cut", extra=ids)
+                    raise RuntimeUnreachable(**ids) from exc
+                except _EventTooLarge as exc:
+                    if self.closed:
+                        return
+                    self._client._log_bad_response("event_too_large", self.worker_id)
+                    raise RuntimeBadResponse(**ids) from exc
+                except Exception as exc:
+                    if self.closed:
+                        return  # the reader was interrupted by close(): not a failure
+                    raise self._client._map_failure(exc=exc, worker_id=self.worker_id) from exc
+                if self.closed:
+                    return
+                yield self._message(event)
+        finally:
+            self.close()
+
+    def _message(self, event: Any) -> SseMessage:
+        try:
+            data = json.loads(event.data)
+        except (ValueError, RecursionError) as exc:
+            self._client._log_bad_response("event_not_json", self.worker_id)
+            raise RuntimeBadResponse(runtime_id=self.runtime_id, worker_id=self.worker_id) from exc
+        if not isinstance(data, dict):
+            self._client._log_bad_response("event_not_an_object", self.worker_id)
+            raise RuntimeBadResponse(runtime_id=self.runtime_id, worker_id=self.worker_id)
+        name = event.event if isinstance(event.event, str) else "message"
+        event_id = event.id if isinstance(event.id, str) else None
+        return SseMessage(event=name, id=event_id, data=data)
+
+    def close(self) -> None:
+        """Stop the stream; wakes a reader blocked in another thread (idempotent)."""
+        with self._close_lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
+        raw = self._response.raw
+        # Shut the socket down first: a blocked recv returns at once, and closing cannot deadlock
+        # on the buffered reader's lock held by that recv.
+        with contextlib.suppress(ValueError, RuntimeError, OSError, AttributeError):
+            raw.shutdown()
+        # Close without handing the connection back to the pool: it is finished. Never raises.
+        with contextlib.suppress(Exception):
+            raw.close()

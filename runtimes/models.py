@@ -1,0 +1,167 @@
+"""The runtime registry rows and the audit log of worker commands."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import RegexValidator
+from django.db import models
+
+from runtimes.config import MAX_TIMEOUT, validate_base_url, validate_timeout
+from runtimes.secrets import validate_token_ref
+
+runtime_id_validator = RegexValidator(
+    regex=r"^[A-Za-z0-9_:-]{1,120}\Z", message="runtime_id must match [A-Za-z0-9_:-]{1,120}"
+)
+
+# Fields that decide which upstream a row points at; changing any of them invalidates the status cache.
+CONNECTION_FIELDS: frozenset[str] = frozenset(
+    {"kind", "base_url", "token_ref", "connect_timeout", "read_timeout", "enabled"}
+)
+# The probe-maintained cache; operators read it, nothing but the health code writes it.
+STATUS_CACHE_FIELDS: tuple[str, ...] = (
+    "capabilities",
+    "status",
+    "status_error_code",
+    "last_seen_at",
+    "checked_at",
+    "consecutive_failures",
+)
+
+
+class Runtime(models.Model):
+    """A runtime the Backend can route to: where it is, how to authenticate, and its cached health.
+
+    The token itself is never stored: ``token_ref`` says where it lives (``env:NAME`` or ``file:/path``).
+    """
+
+    class Kind(models.TextChoices):
+        EMBEDDED = "embedded", "Embedded"
+        REMOTE = "remote", "Remote"
+
+    class Status(models.TextChoices):
+        CONFIGURED = "configured", "Configured"
+        ONLINE = "online", "Online"
+        OFFLINE = "offline", "Offline"
+        UNAUTHORIZED = "unauthorized", "Unauthorized"
+        ERROR = "error", "Error"
+
+    runtime_id = models.CharField(max_length=120, unique=True, validators=[runtime_id_validator])
+    display_name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    base_url = models.CharField(
+        max_length=500, blank=True, help_text="http(s) URL of a remote runtime; empty for embedded."
+    )
+    token_ref = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="Where the token lives: env:NAME or file:/absolute/path (never the token).",
+    )
+    enabled = models.BooleanField(default=True, help_text="A disabled runtime gets no upstream traffic.")
+    connect_timeout = models.FloatField(default=2.0, help_text="Seconds.")
+    read_timeout = models.FloatField(default=10.0, help_text="Seconds.")
+    groups = models.ManyToManyField(
+        "auth.Group",
+        blank=True,
+        related_name="runtimes",
+        help_text="Groups that may use it; empty = every authenticated user. Staff see all.",
+    )
+
+    capabilities = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.CONFIGURED)
+    status_error_code = models.CharField(max_length=64, blank=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    # Running processes poll max(updated_at) to rebuild handles; any save() moves it.
+    updated_at = models.DateTimeField(auto_now=True, db_index=True)
+
+    class Meta:
+        ordering = ["runtime_id"]
+
+    def __str__(self) -> str:
+        return self.runtime_id
+
+    def __repr__(self) -> str:
+        return f"<Runtime runtime_id={self.runtime_id!r}>"
+
+    def clean(self) -> None:
+        """Kind-dependent checks: remote needs an http(s) base_url and a token ref; embedded has neither."""
+        errors: dict[str, list[str]] = {}
+        if self.kind == self.Kind.REMOTE:
+            if not self.base_url:
+                errors.setdefault("base_url", []).append("A remote runtime needs a base URL.")
+            else:
+                try:
+                    validate_base_url(self.base_url)
+                except ValueError as exc:
+                    errors.setdefault("base_url", []).append(str(exc))
+            if not self.token_ref:
+                errors.setdefault("token_ref", []).append("A remote runtime needs a token ref.")
+            else:
+                try:
+                    validate_token_ref(self.token_ref)
+                except ValueError as exc:
+                    errors.setdefault("token_ref", []).append(str(exc))
+        elif self.kind == self.Kind.EMBEDDED:
+            if self.base_url:
+                errors.setdefault("base_url", []).append("An embedded runtime has no base URL.")
+            if self.token_ref:
+                errors.setdefault("token_ref", []).append("An embedded runtime has no token ref.")
+        for key in ("connect_timeout", "read_timeout"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            try:
+                validate_timeout(value, key=key)
+            except ValueError:
+                errors.setdefault(key, []).append(f"Must be greater than 0 and at most {MAX_TIMEOUT:g} seconds.")
+        if errors:
+            raise ValidationError(errors)
+
+    def reset_status_cache(self) -> None:
+        """Forget cached health and capabilities (in memory): they described the previous target."""
+        self.capabilities = {}
+        self.status = self.Status.CONFIGURED
+        self.status_error_code = ""
+        self.last_seen_at = None
+        self.checked_at = None
+        self.consecutive_failures = 0
+
+
+class AuditEvent(models.Model):
+    """One worker command a user sent through the Backend, kept even after its runtime row is gone."""
+
+    class Action(models.TextChoices):
+        CREATE = "create", "Create"
+        INPUT = "input", "Input"
+        STOP = "stop", "Stop"
+        CANCEL = "cancel", "Cancel"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Denormalised so the record still says who acted after the user is deleted.
+    username = models.CharField(max_length=150, blank=True)
+    # Not a foreign key: the history outlives the runtime row.
+    runtime_id = models.CharField(max_length=120, db_index=True)
+    worker_id = models.CharField(max_length=120, blank=True)
+    action = models.CharField(max_length=16, choices=Action.choices)
+    outcome = models.CharField(max_length=64, help_text='"ok" or the error code.')
+    latency_ms = models.FloatField()
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        target = f"{self.runtime_id}/{self.worker_id}" if self.worker_id else self.runtime_id
+        return f"{self.action} {target}: {self.outcome}"
+
+    def __repr__(self) -> str:
+        return (
+            f"<AuditEvent action={self.action!r} runtime_id={self.runtime_id!r} "
+            f"worker_id={self.worker_id!r} outcome={self.outcome!r}>"
+        )

@@ -1,0 +1,206 @@
+"""RuntimeRegistry: runtime_id -> handle, built from rows; the only place that builds handles.
+
+Rows are read in one query and cached for ``YOI_REGISTRY_REFRESH_SECONDS``, so a change made by the admin
+or ``sync_runtimes`` reaches every running process within seconds; a handle is rebuilt when its row's
+connection fields change, and a disabled runtime gets no handle at all (no upstream traffic).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeVar
+
+from django.conf import settings
+
+from runtimes.breaker import CircuitBreaker
+from runtimes.errors import TRANSPORT_FAILURES, RuntimeDisabled, RuntimeNotFound
+from runtimes.handles.base import RuntimeHandle
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RuntimeConnection:
+    """The registry's copy of a runtime row: what a handle is built from, plus visibility."""
+
+    runtime_id: str
+    display_name: str
+    kind: str
+    base_url: str
+    token_ref: str
+    connect_timeout: float
+    read_timeout: float
+    enabled: bool
+    group_ids: frozenset[int]
+    updated_at: datetime | None
+
+    def __repr__(self) -> str:
+        return f"RuntimeConnection(runtime_id={self.runtime_id!r}, kind={self.kind!r}, base_url=<backend-private>)"
+
+    @property
+    def fingerprint(self) -> tuple[object, ...]:
+        """The fields whose change means the handle must be rebuilt."""
+        return (self.kind, self.base_url, self.token_ref, self.connect_timeout, self.read_timeout)
+
+
+def load_connections() -> dict[str, RuntimeConnection]:
+    """Read every runtime row (one query for rows, one for group memberships)."""
+    from runtimes.models import Runtime
+
+    groups: dict[int, set[int]] = {}
+    for runtime_pk, group_id in Runtime.groups.through.objects.values_list("runtime_id", "group_id"):
+        groups.setdefault(runtime_pk, set()).add(group_id)
+    return {
+        row.runtime_id: RuntimeConnection(
+            runtime_id=row.runtime_id,
+            display_name=row.display_name,
+            kind=row.kind,
+            base_url=row.base_url,
+            token_ref=row.token_ref,
+            connect_timeout=row.connect_timeout,
+            read_timeout=row.read_timeout,
+            enabled=row.enabled,
+            group_ids=frozenset(groups.get(row.pk, ())),
+            updated_at=row.updated_at,
+        )
+        for row in Runtime.objects.all()
+    }
+
+
+def build_handle(connection: RuntimeConnection) -> RuntimeHandle:
+    """Make the handle for a row: the embedded core in-process, or a remote client."""
+    if connection.kind == "embedded":
+        from runtimes.handles.embedded import EmbeddedRuntimeHandle
+
+        return EmbeddedRuntimeHandle(connection.runtime_id, data_dir=settings.YOI_DATA_DIR)
+    from runtimes.client import RemoteRuntimeClient
+    from runtimes.handles.remote import RemoteRuntimeHandle
+    from runtimes.secrets import resolve_token
+
+    runtime_id, token_ref = connection.runtime_id, connection.token_ref
+    client = RemoteRuntimeClient(
+        runtime_id=runtime_id,
+        base_url=connection.base_url,
+        token_provider=lambda: resolve_token(token_ref, runtime_id=runtime_id),
+        connect_timeout=connection.connect_timeout,
+        read_timeout=connection.read_timeout,
+    )
+    return RemoteRuntimeHandle(runtime_id, client)
+
+
+class RuntimeRegistry:
+    """Process-wide map of runtime_id to handle and circuit breaker. ``reset()`` forgets everything."""
+
+    def __init__(
+        self,
+        *,
+        loader: Callable[[], dict[str, RuntimeConnection]] = load_connections,
+        factory: Callable[[RuntimeConnection], RuntimeHandle] = build_handle,
+    ) -> None:
+        self._loader = loader
+        self._factory = factory
+        self._lock = threading.RLock()
+        self._connections: dict[str, RuntimeConnection] = {}
+        self._loaded_at: float | None = None
+        self._handles: dict[str, tuple[tuple[object, ...], RuntimeHandle]] = {}
+        self._breakers: dict[str, CircuitBreaker] = {}
+
+    def __repr__(self) -> str:
+        return f"RuntimeRegistry(runtimes={sorted(self._connections)!r})"
+
+    def connections(self, *, fresh: bool = False) -> dict[str, RuntimeConnection]:
+        """Every runtime row, re-read when the cached copy is older than the refresh interval."""
+        with self._lock:
+            now = time.monotonic()
+            interval = float(settings.YOI_REGISTRY_REFRESH_SECONDS)
+            if fresh or self._loaded_at is None or now - self._loaded_at >= interval:
+                self._connections = self._loader()
+                self._loaded_at = now
+                self._drop_stale_handles()
+            return self._connections
+
+    def connection(self, runtime_id: str) -> RuntimeConnection:
+        """One runtime row, or RuntimeNotFound."""
+        connection = self.connections().get(runtime_id)
+        if connection is None:
+            raise RuntimeNotFound(runtime_id=runtime_id)
+        return connection
+
+    def get(self, runtime_id: str) -> RuntimeHandle:
+        """The handle of an enabled runtime (built on first use, rebuilt when its row changed)."""
+        connection = self.connection(runtime_id)
+        if not connection.enabled:
+            raise RuntimeDisabled(runtime_id=runtime_id)
+        with self._lock:
+            cached = self._handles.get(runtime_id)
+            if cached is not None and cached[0] == connection.fingerprint:
+                return cached[1]
+            if cached is not None:
+                self._close_handle(runtime_id, cached[1])
+            handle = self._factory(connection)
+            self._handles[runtime_id] = (connection.fingerprint, handle)
+            logger.info("runtimes.registry.handle_built", extra={"runtime_id": runtime_id})
+            return handle
+
+    def breaker(self, runtime_id: str) -> CircuitBreaker:
+        """The circuit breaker of a runtime (per process)."""
+        with self._lock:
+            breaker = self._breakers.get(runtime_id)
+            if breaker is None:
+                breaker = self._breakers[runtime_id] = CircuitBreaker(runtime_id)
+            return breaker
+
+    def call(self, runtime_id: str, operation: Callable[[RuntimeHandle], T], *, guarded: bool = True) -> T:
+        """Run ``operation`` on the runtime's handle through its circuit breaker.
+
+        Transport-class failures count against the runtime; any answer from it (even an error) counts for it.
+        ``guarded=False`` (probes) skips the fast-fail but still records the outcome.
+        """
+        handle = self.get(runtime_id)
+        breaker = self.breaker(runtime_id)
+        if guarded:
+            breaker.before_call()
+        try:
+            result = operation(handle)
+        except TRANSPORT_FAILURES:
+            breaker.record_failure()
+            raise
+        except Exception:
+            breaker.record_success()
+            raise
+        breaker.record_success()
+        return result
+
+    def _drop_stale_handles(self) -> None:
+        for runtime_id, (fingerprint, handle) in list(self._handles.items()):
+            connection = self._connections.get(runtime_id)
+            if connection is None or not connection.enabled or connection.fingerprint != fingerprint:
+                self._close_handle(runtime_id, handle)
+
+    def _close_handle(self, runtime_id: str, handle: RuntimeHandle) -> None:
+        self._handles.pop(runtime_id, None)
+        self._breakers.pop(runtime_id, None)
+        try:
+            handle.close()
+        except Exception:
+            logger.exception("runtimes.registry.close_failed", extra={"runtime_id": runtime_id})
+        logger.info("runtimes.registry.handle_closed", extra={"runtime_id": runtime_id})
+
+    def reset(self) -> None:
+        """Close every handle and forget every row (tests; settings changes)."""
+        with self._lock:
+            for runtime_id, (_, handle) in list(self._handles.items()):
+                self._close_handle(runtime_id, handle)
+            self._handles.clear()
+            self._breakers.clear()
+            self._connections = {}
+            self._loaded_at = None
+
+
+registry = RuntimeRegistry()

@@ -1,0 +1,242 @@
+"""Browser API serializers: explicit input serializers that validate bodies, output serializers over dataclasses.
+
+Input serializers only check shape and bounds; what a runtime accepts (profile names, its own limits) is the
+runtime's call and comes back as a typed error.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from rest_framework import serializers
+
+from runtimes.types import WorkerSpec
+
+ID_PATTERN = r"[A-Za-z0-9_:-]{1,120}"
+ID_RE = re.compile(ID_PATTERN)
+ID_MESSAGE = "must be 1-120 characters of A-Z a-z 0-9 _ : -"
+
+# Bounds checked here so that an oversized body never reaches a runtime (the runtime default is 1 MiB).
+MAX_INPUT_BYTES = 1024 * 1024
+MAX_PROFILE_CHARS = 200
+MAX_REASON_CHARS = 500
+TRANSCRIPT_DEFAULT_LIMIT = 50
+TRANSCRIPT_MAX_LIMIT = 200
+INTENT_KINDS = ("assistant", "task", "role")
+INPUT_KINDS = ("user", "system")
+
+
+def id_is_valid(value: object) -> bool:
+    """Whether ``value`` is a runtime_id / worker_id of the §1 alphabet."""
+    return isinstance(value, str) and ID_RE.fullmatch(value) is not None
+
+
+def _check_input_size(value: str) -> str:
+    """Reject text whose UTF-8 form exceeds MAX_INPUT_BYTES."""
+    if len(value.encode("utf-8", errors="surrogatepass")) > MAX_INPUT_BYTES:
+        raise serializers.ValidationError(f"must be at most {MAX_INPUT_BYTES} bytes (UTF-8).")
+    return value
+
+
+class StrictCharField(serializers.CharField):
+    """A CharField that refuses non-strings instead of coercing numbers and booleans to text."""
+
+    def to_internal_value(self, data: Any) -> str:
+        """Accept only JSON strings."""
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class WorkerCreateInputSerializer(serializers.Serializer[WorkerSpec]):
+    """POST /runtimes/{runtime_id}/workers/: ``{profile?, intent?, initial_input?, worker_id?, options?}``."""
+
+    profile = StrictCharField(
+        required=False, allow_null=True, max_length=MAX_PROFILE_CHARS, trim_whitespace=False
+    )
+    intent = serializers.DictField(required=False)
+    initial_input = StrictCharField(required=False, trim_whitespace=False)
+    worker_id = StrictCharField(required=False, trim_whitespace=False)
+    options = serializers.DictField(required=False)
+
+    def validate_profile(self, value: str | None) -> str | None:
+        """A profile name as the runtime lists it; blank is refused, null means the runtime default."""
+        if value is not None and not value.strip():
+            raise serializers.ValidationError("must not be blank; omit it for the runtime default.")
+        return value
+
+    def validate_intent(self, value: dict[str, Any]) -> dict[str, Any]:
+        """An object whose ``kind`` is one of assistant / task / role."""
+        kind = value.get("kind")
+        if kind not in INTENT_KINDS:
+            raise serializers.ValidationError(f"kind must be one of: {', '.join(INTENT_KINDS)}.")
+        return value
+
+    def validate_initial_input(self, value: str) -> str:
+        """Non-blank text within the input size bound."""
+        if not value.strip():
+            raise serializers.ValidationError("must not be blank.")
+        return _check_input_size(value)
+
+    def validate_worker_id(self, value: str) -> str:
+        """A worker id of the §1 alphabet."""
+        if not id_is_valid(value):
+            raise serializers.ValidationError(ID_MESSAGE)
+        return value
+
+    def to_spec(self) -> WorkerSpec:
+        """The validated body as a WorkerSpec (intent defaults to assistant)."""
+        data = self.validated_data
+        return WorkerSpec(
+            profile=data.get("profile"),
+            intent=dict(data.get("intent") or {"kind": "assistant"}),
+            initial_input=data.get("initial_input"),
+            worker_id=data.get("worker_id"),
+            options=data.get("options"),
+        )
+
+
+class WorkerInputInputSerializer(serializers.Serializer[dict[str, Any]]):
+    """POST …/{worker_id}/input/: ``{content, kind?}``."""
+
+    content = StrictCharField(trim_whitespace=False)
+    kind = serializers.ChoiceField(choices=INPUT_KINDS, required=False, default="user")
+
+    def validate_content(self, value: str) -> str:
+        """Non-blank text within the input size bound."""
+        if not value.strip():
+            raise serializers.ValidationError("must not be blank.")
+        return _check_input_size(value)
+
+
+class WorkerEndInputSerializer(serializers.Serializer[dict[str, Any]]):
+    """POST …/{worker_id}/stop/ and …/cancel/: an optional ``{reason?}``."""
+
+    reason = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=MAX_REASON_CHARS)
+
+
+class TranscriptQuerySerializer(serializers.Serializer[dict[str, Any]]):
+    """GET …/{worker_id}/transcript/?start=&limit=: a bounded page."""
+
+    start = serializers.IntegerField(required=False, default=0, min_value=0)
+    limit = serializers.IntegerField(
+        required=False, default=TRANSCRIPT_DEFAULT_LIMIT, min_value=1, max_value=TRANSCRIPT_MAX_LIMIT
+    )
+
+
+class EpochDateTimeField(serializers.DateTimeField):
+    """Renders a POSIX timestamp (seconds) as an ISO 8601 UTC datetime."""
+
+    def to_representation(self, value: Any) -> str | None:
+        """Float seconds -> ISO 8601; None stays None."""
+        if value is None:
+            return None
+        if isinstance(value, int | float):
+            value = datetime.fromtimestamp(value, tz=UTC)
+        return super().to_representation(value)
+
+
+class _OmitUnknownMixin(serializers.Serializer[Any]):
+    """Drops the listed optional keys from the output when their value is unknown (None)."""
+
+    omit_when_none: tuple[str, ...] = ()
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        """The serialized object without unknown optional keys."""
+        data: dict[str, Any] = dict(super().to_representation(instance))
+        for key in self.omit_when_none:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+
+class WorkerOutputSerializer(_OmitUnknownMixin):
+    """A worker, always addressed by runtime_id + worker_id; the same for embedded and remote runtimes."""
+
+    omit_when_none = ("created_at", "updated_at", "reason", "exit_code")
+
+    runtime_id = serializers.CharField()
+    worker_id = serializers.CharField()
+    status = serializers.CharField()
+    profile = serializers.CharField(allow_null=True)
+    intent = serializers.DictField()
+    transcript_len = serializers.IntegerField(allow_null=True)
+    last_seq = serializers.IntegerField(allow_null=True)
+    created_at = EpochDateTimeField(allow_null=True)
+    updated_at = EpochDateTimeField(allow_null=True)
+    reason = serializers.CharField(allow_null=True)
+    exit_code = serializers.IntegerField(allow_null=True)
+
+
+class AckOutputSerializer(_OmitUnknownMixin):
+    """A runtime's acknowledgement of a command."""
+
+    omit_when_none = ("transcript_sequence", "event_id")
+
+    runtime_id = serializers.CharField()
+    worker_id = serializers.CharField()
+    status = serializers.CharField()
+    transcript_sequence = serializers.IntegerField(allow_null=True)
+    event_id = serializers.JSONField(allow_null=True)
+
+
+class TranscriptItemOutputSerializer(serializers.Serializer[Any]):
+    """One transcript entry."""
+
+    sequence = serializers.IntegerField()
+    role = serializers.CharField()
+    content = serializers.CharField(trim_whitespace=False)
+    event_id = serializers.JSONField(allow_null=True)
+
+
+class TranscriptPageOutputSerializer(serializers.Serializer[Any]):
+    """A bounded page of a worker's transcript."""
+
+    runtime_id = serializers.CharField()
+    worker_id = serializers.CharField()
+    start = serializers.IntegerField()
+    limit = serializers.IntegerField()
+    total_items = serializers.IntegerField()
+    items = TranscriptItemOutputSerializer(many=True)
+    next_start = serializers.IntegerField(allow_null=True)
+
+
+class RuntimeStatusOutputSerializer(serializers.Serializer[Any]):
+    """The cached status of a runtime (read from a RuntimeView)."""
+
+    state = serializers.CharField()
+    checked_at = serializers.DateTimeField(allow_null=True)
+    last_seen_at = serializers.DateTimeField(allow_null=True)
+    error_code = serializers.SerializerMethodField()
+
+    def get_error_code(self, view: Any) -> str | None:
+        """The last failure's code, or null when there is none."""
+        return view.error_code or None
+
+
+class RuntimeOutputSerializer(serializers.Serializer[Any]):
+    """A runtime as a browser sees it: identity, kind, status, capabilities; never its address or token."""
+
+    runtime_id = serializers.CharField()
+    display_name = serializers.CharField()
+    kind = serializers.CharField()
+    enabled = serializers.BooleanField()
+    status = serializers.SerializerMethodField()
+    capabilities = serializers.SerializerMethodField()
+
+    def get_status(self, view: Any) -> dict[str, Any]:
+        """``{state, checked_at, last_seen_at, error_code}``."""
+        return dict(RuntimeStatusOutputSerializer(view).data)
+
+    def get_capabilities(self, view: Any) -> dict[str, Any]:
+        """The cached capabilities (unknown values are null)."""
+        return view.capabilities.to_json()
+
+
+class RuntimeFailureOutputSerializer(serializers.Serializer[Any]):
+    """One runtime that could not be listed in a cross-runtime listing."""
+
+    runtime_id = serializers.CharField()
+    code = serializers.CharField()

@@ -1,0 +1,145 @@
+"""Worker commands and queries for browsers: resolve the runtime first (visibility), then the worker.
+
+Every command (create, input, stop, cancel) writes an AuditEvent with its outcome code and latency.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+from runtimes.errors import YoiError
+from runtimes.handles.base import RuntimeHandle
+from runtimes.health import runtime_call
+from runtimes.models import AuditEvent
+from runtimes.registry import registry
+from runtimes.selectors import User, runtime_is_visible, runtime_require_visible
+from runtimes.types import Ack, TranscriptPage, WorkerDetail, WorkerSpec
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+MAX_PARALLEL_LISTS = 16
+
+
+@dataclass(frozen=True)
+class RuntimeFailure:
+    """A runtime that could not answer a cross-runtime query."""
+
+    runtime_id: str
+    code: str
+
+
+@dataclass(frozen=True)
+class WorkerListing:
+    """Workers across runtimes, with the runtimes that failed."""
+
+    items: list[WorkerDetail]
+    errors: list[RuntimeFailure]
+
+
+def _query(runtime_id: str, user: User, operation: Callable[[RuntimeHandle], T]) -> T:
+    runtime_require_visible(runtime_id=runtime_id, user=user)
+    return runtime_call(runtime_id, operation)
+
+
+def _command(
+    action: str, runtime_id: str, worker_id: str, user: User, operation: Callable[[RuntimeHandle], T]
+) -> T:
+    runtime_require_visible(runtime_id=runtime_id, user=user)
+    started = time.perf_counter()
+    outcome = "ok"
+    try:
+        return runtime_call(runtime_id, operation)
+    except YoiError as error:
+        outcome = error.code
+        raise
+    except Exception:
+        outcome = "internal_error"
+        raise
+    finally:
+        latency_ms = (time.perf_counter() - started) * 1000
+        AuditEvent.objects.create(
+            user=user if user.is_authenticated else None,
+            username=user.get_username() if user.is_authenticated else "",
+            runtime_id=runtime_id,
+            worker_id=worker_id,
+            action=action,
+            outcome=outcome,
+            latency_ms=latency_ms,
+        )
+
+
+def worker_list(*, runtime_id: str, user: User) -> list[WorkerDetail]:
+    """Workers of one runtime."""
+    return _query(runtime_id, user, lambda handle: handle.list_workers())
+
+
+def worker_get(*, runtime_id: str, worker_id: str, user: User) -> WorkerDetail:
+    """One worker, addressed by runtime_id + worker_id."""
+    return _query(runtime_id, user, lambda handle: handle.get_worker(worker_id))
+
+
+def worker_transcript(*, runtime_id: str, worker_id: str, start: int, limit: int, user: User) -> TranscriptPage:
+    """A bounded transcript page."""
+    return _query(runtime_id, user, lambda handle: handle.transcript(worker_id, start=start, limit=limit))
+
+
+def worker_create(*, runtime_id: str, spec: WorkerSpec, user: User) -> WorkerDetail:
+    """Create a worker on a runtime."""
+    return _command("create", runtime_id, spec.worker_id or "", user, lambda handle: handle.create_worker(spec))
+
+
+def worker_send_input(*, runtime_id: str, worker_id: str, content: str, kind: str, user: User) -> Ack:
+    """Send an input to a worker."""
+    return _command(
+        "input",
+        runtime_id,
+        worker_id,
+        user,
+        lambda handle: handle.send_input(worker_id, content=content, kind=kind),
+    )
+
+
+def worker_stop(*, runtime_id: str, worker_id: str, reason: str | None, user: User) -> Ack:
+    """Graceful end of a worker (a no-op answer when it already ended)."""
+    return _command(
+        "stop", runtime_id, worker_id, user, lambda handle: handle.stop_worker(worker_id, reason=reason)
+    )
+
+
+def worker_cancel(*, runtime_id: str, worker_id: str, reason: str | None, user: User) -> Ack:
+    """Immediate end of a worker (a no-op answer when it already ended)."""
+    return _command(
+        "cancel", runtime_id, worker_id, user, lambda handle: handle.cancel_worker(worker_id, reason=reason)
+    )
+
+
+def worker_list_all(*, user: User) -> WorkerListing:
+    """Workers of every visible enabled runtime, listed in parallel; failing runtimes go to ``errors``."""
+    runtime_ids = sorted(
+        rid
+        for rid, conn in registry.connections().items()
+        if conn.enabled and runtime_is_visible(connection=conn, user=user)
+    )
+
+    def one(runtime_id: str) -> list[WorkerDetail] | RuntimeFailure:
+        # No database access in pool threads: only the upstream call runs here.
+        try:
+            return registry.call(runtime_id, lambda handle: handle.list_workers())
+        except YoiError as error:
+            return RuntimeFailure(runtime_id=runtime_id, code=error.code)
+
+    items: list[WorkerDetail] = []
+    errors: list[RuntimeFailure] = []
+    if runtime_ids:
+        with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_LISTS, len(runtime_ids))) as pool:
+            for result in pool.map(one, runtime_ids):
+                if isinstance(result, RuntimeFailure):
+                    errors.append(result)
+                else:
+                    items.extend(result)
+    return WorkerListing(items=items, errors=errors)
