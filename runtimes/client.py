@@ -436,6 +436,7 @@ class ClientEventStream:
         self._max_event_bytes = client.max_event_bytes
         self._closed = threading.Event()
         self._close_lock = threading.Lock()
+        self._released = False
 
     def __repr__(self) -> str:
         return f"ClientEventStream(runtime_id={self.runtime_id!r}, worker_id={self.worker_id!r})"
@@ -444,7 +445,7 @@ class ClientEventStream:
 
     @property
     def closed(self) -> bool:
-        """True once ``close()`` was called."""
+        """True once ``close()`` was called (not when the runtime ended the stream)."""
         return self._closed.is_set()
 
     def __iter__(self) -> Iterator[SseMessage]:
@@ -474,7 +475,7 @@ class ClientEventStream:
                     return
                 yield self._message(event)
         finally:
-            self.close()
+            self._release()
 
     def _message(self, event: Any) -> SseMessage:
         try:
@@ -491,10 +492,14 @@ class ClientEventStream:
 
     def close(self) -> None:
         """Stop the stream; wakes a reader blocked in another thread (idempotent)."""
+        self._closed.set()
+        self._release()
+
+    def _release(self) -> None:
         with self._close_lock:
-            if self._closed.is_set():
+            if self._released:
                 return
-            self._closed.set()
+            self._released = True
         raw = self._response.raw
         # Shut the socket down first: a blocked recv returns at once, and closing cannot deadlock
         # on the buffered reader's lock held by that recv.

@@ -6,15 +6,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.contrib.auth.base_user import AbstractBaseUser
-from django.contrib.auth.models import AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.utils import timezone
 
 from runtimes.errors import RuntimeNotFound
 from runtimes.registry import RuntimeConnection, registry
 from runtimes.types import Capabilities
 
-User = AbstractBaseUser | AnonymousUser
+# The user of a request: the project uses Django's default user model.
+RequestUser = User | AnonymousUser
 
 
 @dataclass(frozen=True)
@@ -33,23 +33,25 @@ class RuntimeView:
 
 
 def _group_ids(user: User) -> frozenset[int]:
-    cached = getattr(user, "_yoi_group_ids", None)
+    """The user's group ids, looked up once per request user object."""
+    cached: frozenset[int] | None = getattr(user, "_yoi_group_ids", None)
     if cached is None:
-        cached = frozenset(user.groups.values_list("id", flat=True)) if user.is_authenticated else frozenset()  # type: ignore[union-attr]
-        user._yoi_group_ids = cached  # type: ignore[union-attr]
+        cached = frozenset(user.groups.values_list("id", flat=True))
+        user._yoi_group_ids = cached  # type: ignore[attr-defined]
     return cached
 
 
-def runtime_is_visible(*, connection: RuntimeConnection, user: User) -> bool:
+def runtime_is_visible(*, connection: RuntimeConnection, user: RequestUser) -> bool:
     """Staff see every runtime; others see runtimes with no groups, or sharing a group with them."""
     if not user.is_authenticated:
         return False
-    if getattr(user, "is_staff", False) or not connection.group_ids:
+    if user.is_staff or not connection.group_ids:
         return True
+    assert isinstance(user, User)
     return bool(connection.group_ids & _group_ids(user))
 
 
-def runtime_require_visible(*, runtime_id: str, user: User) -> RuntimeConnection:
+def runtime_require_visible(*, runtime_id: str, user: RequestUser) -> RuntimeConnection:
     """The runtime's connection if this user may see it; RuntimeNotFound otherwise (no hint it exists)."""
     connection = registry.connections().get(runtime_id)
     if connection is None or not runtime_is_visible(connection=connection, user=user):
@@ -79,14 +81,14 @@ def _views(runtime_ids: list[str] | None) -> list[RuntimeView]:
     ]
 
 
-def runtime_list_visible(*, user: User) -> list[RuntimeView]:
+def runtime_list_visible(*, user: RequestUser) -> list[RuntimeView]:
     """Every runtime this user may see, from the cache: never an upstream call."""
     connections = registry.connections()
     visible = [rid for rid, conn in connections.items() if runtime_is_visible(connection=conn, user=user)]
     return _views(visible)
 
 
-def runtime_get_visible(*, runtime_id: str, user: User) -> RuntimeView:
+def runtime_get_visible(*, runtime_id: str, user: RequestUser) -> RuntimeView:
     """One runtime; its cached status is refreshed first when older than YOI_STATUS_STALE_SECONDS."""
     from runtimes.health import runtime_probe
 

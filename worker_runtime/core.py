@@ -100,18 +100,20 @@ class _Sink:
 
     def emit_batch(self, items: list[tuple[str, dict[str, Any]]]) -> None:
         with self._worker.lock:
-            if self._worker.record.status == "running":
+            if self._worker.record.status == "running" and self._runtime._writable:
                 self._runtime._append(self._worker, items)
 
     def reply(self, text: str) -> None:
         with self._worker.lock:
-            if self._worker.record.status == "running":
+            if self._worker.record.status == "running" and self._runtime._writable:
                 self._runtime._add_transcript(
                     self._worker, role="assistant", content=text, kind="text_done", key="text"
                 )
 
     def exited(self, exit_code: int | None) -> None:
-        self._runtime._finish(self._worker, exit_code)
+        with self._worker.lock:
+            if self._runtime._writable:
+                self._runtime._finish(self._worker, exit_code)
 
 
 class WorkerRuntime:
@@ -133,6 +135,8 @@ class WorkerRuntime:
         self._workers: dict[str, _Worker] = {}
         self._streams_open = 0
         self._state = "new"
+        # False once close() has released the store: executors still running then must not write to it.
+        self._writable = True
         # Answered POSTs loaded from the store; the server's idempotency cache takes them over.
         self.idempotency_entries: list[dict[str, Any]] = []
 
@@ -160,7 +164,8 @@ class WorkerRuntime:
             last = w.events[-1]
             if last.kind == "worker_exited" and w.record.status == "running":
                 # Crashed between the final events and the snapshot: the log is the authority.
-                self._set_final(w, str(last.data.get("status", "failed")), last.data.get("reason"), None)
+                status, code = str(last.data.get("status", "failed")), last.data.get("exit_code")
+                self._set_final(w, status, last.data.get("reason"), code if isinstance(code, int) else None)
                 w.finished.set()
             if w.record.status != "running":
                 return
@@ -206,6 +211,10 @@ class WorkerRuntime:
                 w.pending_final = ("failed", "runtime_shutdown")
                 executor, grace = w.executor, w.spec.stop_grace_seconds
             executor.stop(min(grace, 2.0))
+        self._writable = False
+        for w in workers:
+            with w.lock:  # wait out a write under way; later ones see _writable and are dropped
+                pass
         self._store.close()
 
     def _check_running(self) -> None:

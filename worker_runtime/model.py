@@ -138,4 +138,6 @@ class WorkerRecord:
         )
         if record.status not in FINISHED_STATUSES | {"running"}:
             raise ValueError(f"unknown worker status {record.status!r}")
+        if not isinstance(record.worker_id, str) or not isinstance(record.profile, str):
+            raise ValueError("worker_id and profile must be strings")
         return record

@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote
 
+from django.http import HttpRequest
 from rest_framework import serializers
 
 from runtimes.types import WorkerSpec
@@ -33,6 +35,48 @@ def id_is_valid(value: object) -> bool:
     return isinstance(value, str) and ID_RE.fullmatch(value) is not None
 
 
+def id_errors(*, runtime_id: str | None = None, worker_id: str | None = None) -> dict[str, list[str]]:
+    """``{field: [message]}`` for each given id that is not of the §1 alphabet."""
+    given = {"runtime_id": runtime_id, "worker_id": worker_id}
+    return {name: [ID_MESSAGE] for name, value in given.items() if value is not None and not id_is_valid(value)}
+
+
+def raw_request_path(request: HttpRequest) -> str | None:
+    """The path as the client sent it (still percent-encoded), when the server tells us (ASGI raw_path)."""
+    scope = getattr(request, "scope", None)
+    if isinstance(scope, dict) and isinstance(scope.get("raw_path"), bytes):
+        return scope["raw_path"].decode("latin-1")
+    for key in ("RAW_URI", "REQUEST_URI"):
+        value = request.META.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def path_id_errors(path: str) -> dict[str, list[str]]:
+    """Check the id segments of ``/api/v1/runtimes/<runtime_id>/workers/<worker_id>/…`` in a path.
+
+    On a raw path this catches ids that decoding would split (``a%2Fb``), which no route can see whole.
+    """
+    parts = path.split("?", 1)[0].split("/")
+    for index in range(len(parts) - 2):
+        if parts[index : index + 3] == ["api", "v1", "runtimes"]:
+            ids = parts[index + 3 :]
+            break
+    else:
+        return {}
+
+    def segment(position: int) -> str | None:
+        # An empty last segment is the trailing slash of a list route, not an empty id.
+        if position >= len(ids) or (position == len(ids) - 1 and ids[position] == ""):
+            return None
+        return unquote(ids[position], errors="replace")
+
+    runtime_id = segment(0)
+    worker_id = segment(2) if len(ids) > 1 and ids[1] == "workers" else None
+    return id_errors(runtime_id=runtime_id, worker_id=worker_id)
+
+
 def _check_input_size(value: str) -> str:
     """Reject text whose UTF-8 form exceeds MAX_INPUT_BYTES."""
     if len(value.encode("utf-8", errors="surrogatepass")) > MAX_INPUT_BYTES:
@@ -53,9 +97,7 @@ class StrictCharField(serializers.CharField):
 class WorkerCreateInputSerializer(serializers.Serializer[WorkerSpec]):
     """POST /runtimes/{runtime_id}/workers/: ``{profile?, intent?, initial_input?, worker_id?, options?}``."""
 
-    profile = StrictCharField(
-        required=False, allow_null=True, max_length=MAX_PROFILE_CHARS, trim_whitespace=False
-    )
+    profile = StrictCharField(required=False, allow_null=True, max_length=MAX_PROFILE_CHARS, trim_whitespace=False)
     intent = serializers.DictField(required=False)
     initial_input = StrictCharField(required=False, trim_whitespace=False)
     worker_id = StrictCharField(required=False, trim_whitespace=False)
@@ -129,10 +171,8 @@ class TranscriptQuerySerializer(serializers.Serializer[dict[str, Any]]):
 class EpochDateTimeField(serializers.DateTimeField):
     """Renders a POSIX timestamp (seconds) as an ISO 8601 UTC datetime."""
 
-    def to_representation(self, value: Any) -> str | None:
-        """Float seconds -> ISO 8601; None stays None."""
-        if value is None:
-            return None
+    def to_representation(self, value: Any) -> str:
+        """Float seconds -> ISO 8601 (DRF renders None itself without calling this)."""
         if isinstance(value, int | float):
             value = datetime.fromtimestamp(value, tz=UTC)
         return super().to_representation(value)

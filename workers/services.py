@@ -12,12 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+from django.contrib.auth.models import User
+
 from runtimes.errors import YoiError
 from runtimes.handles.base import RuntimeHandle
 from runtimes.health import runtime_call
 from runtimes.models import AuditEvent
 from runtimes.registry import registry
-from runtimes.selectors import User, runtime_is_visible, runtime_require_visible
+from runtimes.selectors import RequestUser, runtime_is_visible, runtime_require_visible
 from runtimes.types import Ack, TranscriptPage, WorkerDetail, WorkerSpec
 
 logger = logging.getLogger(__name__)
@@ -41,13 +43,13 @@ class WorkerListing:
     errors: list[RuntimeFailure]
 
 
-def _query(runtime_id: str, user: User, operation: Callable[[RuntimeHandle], T]) -> T:
+def _query(runtime_id: str, user: RequestUser, operation: Callable[[RuntimeHandle], T]) -> T:
     runtime_require_visible(runtime_id=runtime_id, user=user)
     return runtime_call(runtime_id, operation)
 
 
 def _command(
-    action: str, runtime_id: str, worker_id: str, user: User, operation: Callable[[RuntimeHandle], T]
+    action: str, runtime_id: str, worker_id: str, user: RequestUser, operation: Callable[[RuntimeHandle], T]
 ) -> T:
     runtime_require_visible(runtime_id=runtime_id, user=user)
     started = time.perf_counter()
@@ -63,8 +65,8 @@ def _command(
     finally:
         latency_ms = (time.perf_counter() - started) * 1000
         AuditEvent.objects.create(
-            user=user if user.is_authenticated else None,
-            username=user.get_username() if user.is_authenticated else "",
+            user=user if isinstance(user, User) else None,
+            username=user.get_username() if isinstance(user, User) else "",
             runtime_id=runtime_id,
             worker_id=worker_id,
             action=action,
@@ -73,27 +75,29 @@ def _command(
         )
 
 
-def worker_list(*, runtime_id: str, user: User) -> list[WorkerDetail]:
+def worker_list(*, runtime_id: str, user: RequestUser) -> list[WorkerDetail]:
     """Workers of one runtime."""
     return _query(runtime_id, user, lambda handle: handle.list_workers())
 
 
-def worker_get(*, runtime_id: str, worker_id: str, user: User) -> WorkerDetail:
+def worker_get(*, runtime_id: str, worker_id: str, user: RequestUser) -> WorkerDetail:
     """One worker, addressed by runtime_id + worker_id."""
     return _query(runtime_id, user, lambda handle: handle.get_worker(worker_id))
 
 
-def worker_transcript(*, runtime_id: str, worker_id: str, start: int, limit: int, user: User) -> TranscriptPage:
+def worker_transcript(
+    *, runtime_id: str, worker_id: str, start: int, limit: int, user: RequestUser
+) -> TranscriptPage:
     """A bounded transcript page."""
     return _query(runtime_id, user, lambda handle: handle.transcript(worker_id, start=start, limit=limit))
 
 
-def worker_create(*, runtime_id: str, spec: WorkerSpec, user: User) -> WorkerDetail:
+def worker_create(*, runtime_id: str, spec: WorkerSpec, user: RequestUser) -> WorkerDetail:
     """Create a worker on a runtime."""
     return _command("create", runtime_id, spec.worker_id or "", user, lambda handle: handle.create_worker(spec))
 
 
-def worker_send_input(*, runtime_id: str, worker_id: str, content: str, kind: str, user: User) -> Ack:
+def worker_send_input(*, runtime_id: str, worker_id: str, content: str, kind: str, user: RequestUser) -> Ack:
     """Send an input to a worker."""
     return _command(
         "input",
@@ -104,21 +108,21 @@ def worker_send_input(*, runtime_id: str, worker_id: str, content: str, kind: st
     )
 
 
-def worker_stop(*, runtime_id: str, worker_id: str, reason: str | None, user: User) -> Ack:
+def worker_stop(*, runtime_id: str, worker_id: str, reason: str | None, user: RequestUser) -> Ack:
     """Graceful end of a worker (a no-op answer when it already ended)."""
     return _command(
         "stop", runtime_id, worker_id, user, lambda handle: handle.stop_worker(worker_id, reason=reason)
     )
 
 
-def worker_cancel(*, runtime_id: str, worker_id: str, reason: str | None, user: User) -> Ack:
+def worker_cancel(*, runtime_id: str, worker_id: str, reason: str | None, user: RequestUser) -> Ack:
     """Immediate end of a worker (a no-op answer when it already ended)."""
     return _command(
         "cancel", runtime_id, worker_id, user, lambda handle: handle.cancel_worker(worker_id, reason=reason)
     )
 
 
-def worker_list_all(*, user: User) -> WorkerListing:
+def worker_list_all(*, user: RequestUser) -> WorkerListing:
     """Workers of every visible enabled runtime, listed in parallel; failing runtimes go to ``errors``."""
     runtime_ids = sorted(
         rid

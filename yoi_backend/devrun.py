@@ -80,7 +80,11 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 child.kill()
 
-    signal.signal(signal.SIGTERM, lambda *_: (shutdown(), sys.exit(0)))
+    def on_sigterm(*_: object) -> None:
+        shutdown()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         say("starting the local reference runtime 'local'")
         runtime = subprocess.Popen(

@@ -163,6 +163,8 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = DEBUG
 
 LOGIN_URL = "/admin/login/"
+# Under /api/ a CSRF failure answers the JSON error envelope; elsewhere Django's own page.
+CSRF_FAILURE_VIEW = "workers.exceptions.csrf_failure"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -173,6 +175,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "EXCEPTION_HANDLER": "workers.exceptions.api_exception_handler",
 }
 
 LOGGING = {

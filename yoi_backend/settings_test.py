@@ -7,7 +7,7 @@ import tempfile
 
 os.environ.setdefault("YOI_DATA_DIR", tempfile.mkdtemp(prefix="yoi-test-data-"))
 
-from yoi_backend.settings import *  # noqa: E402,F403
+from yoi_backend.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 if not os.environ.get("REDIS_URL"):

@@ -124,7 +124,10 @@ def test_initial_input_is_answered(runtime: WorkerRuntime) -> None:
     wait_for_kind(runtime, wid, "text_done")
 
     items = runtime.transcript(wid)["items"]
-    assert [(i["role"], i["content"]) for i in items] == [("user", "first words"), ("assistant", "echo: first words")]
+    assert [(i["role"], i["content"]) for i in items] == [
+        ("user", "first words"),
+        ("assistant", "echo: first words"),
+    ]
 
 
 def test_events_carry_the_injected_clock_and_their_encoded_form() -> None:
@@ -242,7 +245,11 @@ def test_stop_and_cancel_end_a_running_worker(runtime: WorkerRuntime, command: s
     ack = getattr(runtime, command)(wid, reason="done here")
 
     events = events_of(runtime, wid)
-    assert ack == {"worker_ref": {"runtime_id": "rt-test", "worker_id": wid}, "status": final, "event_id": before + 2}
+    assert ack == {
+        "worker_ref": {"runtime_id": "rt-test", "worker_id": wid},
+        "status": final,
+        "event_id": before + 2,
+    }
     assert kinds(events[-2:]) == ["status", "worker_exited"]
     assert events[-2].data == {"status": final, "reason": "done here"}
     assert events[-1].data == {"status": final, "exit_code": None, "reason": "done here"}

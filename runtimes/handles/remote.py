@@ -1,0 +1,172 @@
+"""The RuntimeHandle of a remote runtime: protocol v1 over ``RemoteRuntimeClient``, parsed at the edge."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from runtimes.client import (
+    PATH_RUNTIME,
+    PATH_WORKER,
+    PATH_WORKER_CANCEL,
+    PATH_WORKER_INPUT,
+    PATH_WORKER_STOP,
+    PATH_WORKER_TRANSCRIPT,
+    PATH_WORKERS,
+    ClientEventStream,
+    RemoteRuntimeClient,
+)
+from runtimes.errors import RuntimeUnreachable
+from runtimes.handles.parse import (
+    parse_ack,
+    parse_event,
+    parse_summary,
+    parse_transcript,
+    parse_worker,
+    parse_workers,
+    unwrap,
+)
+from runtimes.types import (
+    Ack,
+    Capabilities,
+    RuntimeKind,
+    RuntimeSummary,
+    StreamReset,
+    TranscriptPage,
+    WorkerDetail,
+    WorkerEvent,
+    WorkerSpec,
+)
+
+logger = logging.getLogger(__name__)
+
+FINAL_EVENT = "worker_exited"
+
+
+class RemoteEventStream:
+    """A worker's events from a remote runtime's SSE stream, parsed; ``close()`` is safe from any thread."""
+
+    def __init__(self, stream: ClientEventStream, *, runtime_id: str, worker_id: str) -> None:
+        self.runtime_id = runtime_id
+        self.worker_id = worker_id
+        self._stream = stream
+
+    def __repr__(self) -> str:
+        return f"RemoteEventStream(runtime_id={self.runtime_id!r}, worker_id={self.worker_id!r})"
+
+    __str__ = __repr__
+
+    def __iter__(self) -> Iterator[WorkerEvent | StreamReset]:
+        try:
+            for message in self._stream:
+                item = parse_event(
+                    message.event, message.data, runtime_id=self.runtime_id, worker_id=self.worker_id
+                )
+                yield item
+                if isinstance(item, WorkerEvent) and item.event == FINAL_EVENT:
+                    return
+            if not self._stream.closed:
+                # The runtime ended the stream of a live worker (restart, slow reader): resume, don't stop.
+                logger.info(
+                    "runtimes.remote.stream_ended_early",
+                    extra={"runtime_id": self.runtime_id, "worker_id": self.worker_id},
+                )
+                raise RuntimeUnreachable(runtime_id=self.runtime_id, worker_id=self.worker_id)
+        finally:
+            self._stream.close()
+
+    def close(self) -> None:
+        """Stop the stream; a reader blocked in another thread returns."""
+        self._stream.close()
+
+
+class RemoteRuntimeHandle:
+    """A runtime reached over HTTP; every answer is parsed into ``runtimes.types``, every failure typed."""
+
+    kind: RuntimeKind = "remote"
+
+    def __init__(self, runtime_id: str, client: RemoteRuntimeClient) -> None:
+        self.runtime_id = runtime_id
+        self._client = client
+
+    def __repr__(self) -> str:
+        return f"RemoteRuntimeHandle(runtime_id={self.runtime_id!r})"
+
+    __str__ = __repr__
+
+    def summary(self) -> RuntimeSummary:
+        """GET /v1/runtime; the runtime must report the configured runtime_id."""
+        _, body = self._client.request_json("GET", PATH_RUNTIME)
+        return parse_summary(unwrap(body, "runtime", runtime_id=self.runtime_id), runtime_id=self.runtime_id)
+
+    def capabilities(self) -> Capabilities:
+        """What the runtime's summary says it can do."""
+        return self.summary().capabilities
+
+    def list_workers(self) -> list[WorkerDetail]:
+        """Every worker of the runtime."""
+        _, body = self._client.request_json("GET", PATH_WORKERS)
+        return parse_workers(unwrap(body, "workers", runtime_id=self.runtime_id), runtime_id=self.runtime_id)
+
+    def get_worker(self, worker_id: str) -> WorkerDetail:
+        """One worker's detail."""
+        _, body = self._client.request_json("GET", PATH_WORKER, worker_id=worker_id)
+        return self._worker(body, worker_id)
+
+    def create_worker(self, spec: WorkerSpec, *, idempotency_key: str | None = None) -> WorkerDetail:
+        """Create a worker (the runtime may answer 200 or 201)."""
+        _, body = self._client.request_json(
+            "POST", PATH_WORKERS, body=spec.to_protocol(), idempotency_key=idempotency_key
+        )
+        return self._worker(body, spec.worker_id)
+
+    def send_input(
+        self, worker_id: str, *, content: str, kind: str = "user", idempotency_key: str | None = None
+    ) -> Ack:
+        """Send one input to a running worker."""
+        return self._command(
+            PATH_WORKER_INPUT, worker_id, {"kind": kind, "content": content}, idempotency_key=idempotency_key
+        )
+
+    def stop_worker(self, worker_id: str, *, reason: str | None = None, idempotency_key: str | None = None) -> Ack:
+        """Graceful end (a no-op on a finished worker)."""
+        return self._command(PATH_WORKER_STOP, worker_id, _reason_body(reason), idempotency_key=idempotency_key)
+
+    def cancel_worker(
+        self, worker_id: str, *, reason: str | None = None, idempotency_key: str | None = None
+    ) -> Ack:
+        """Immediate end (a no-op on a finished worker)."""
+        return self._command(PATH_WORKER_CANCEL, worker_id, _reason_body(reason), idempotency_key=idempotency_key)
+
+    def transcript(self, worker_id: str, *, start: int, limit: int) -> TranscriptPage:
+        """A bounded page of a worker's transcript."""
+        _, body = self._client.request_json(
+            "GET", PATH_WORKER_TRANSCRIPT, worker_id=worker_id, params={"start": start, "limit": limit}
+        )
+        page = unwrap(body, "transcript", runtime_id=self.runtime_id, worker_id=worker_id)
+        return parse_transcript(page, runtime_id=self.runtime_id, worker_id=worker_id)
+
+    def open_events(self, worker_id: str, *, after: int | None) -> RemoteEventStream:
+        """The worker's event stream after seq ``after`` (``None`` = live only, ``0`` = from the first)."""
+        stream = self._client.open_event_stream(worker_id, after=after)
+        return RemoteEventStream(stream, runtime_id=self.runtime_id, worker_id=worker_id)
+
+    def close(self) -> None:
+        """Release the client's pooled connections."""
+        self._client.close()
+
+    def _worker(self, body: dict[str, Any], worker_id: str | None) -> WorkerDetail:
+        worker = unwrap(body, "worker", runtime_id=self.runtime_id, worker_id=worker_id)
+        return parse_worker(worker, runtime_id=self.runtime_id, worker_id=worker_id)
+
+    def _command(self, path: str, worker_id: str, body: dict[str, Any], *, idempotency_key: str | None) -> Ack:
+        _, answer = self._client.request_json(
+            "POST", path, body=body, worker_id=worker_id, idempotency_key=idempotency_key
+        )
+        ack = unwrap(answer, "ack", runtime_id=self.runtime_id, worker_id=worker_id)
+        return parse_ack(ack, runtime_id=self.runtime_id, worker_id=worker_id)
+
+
+def _reason_body(reason: str | None) -> dict[str, Any]:
+    return {} if reason is None else {"reason": reason}

@@ -1,0 +1,207 @@
+"""Browser API viewsets (DESIGN §4): parse and validate, call one service, render.
+
+Ids are checked here, before any service call, so that a bad id is a 400 ``invalid_request`` and never
+reaches a runtime. Errors are rendered by ``workers.exceptions.api_exception_handler``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from typing import IO, Any, TypeVar
+
+from django.conf import settings
+from django.urls import reverse
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.parsers import JSONParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
+
+from runtimes.errors import InvalidRequest
+from runtimes.selectors import runtime_get_visible, runtime_list_visible
+from workers.serializers import (
+    AckOutputSerializer,
+    RuntimeFailureOutputSerializer,
+    RuntimeOutputSerializer,
+    TranscriptPageOutputSerializer,
+    TranscriptQuerySerializer,
+    WorkerCreateInputSerializer,
+    WorkerEndInputSerializer,
+    WorkerInputInputSerializer,
+    WorkerOutputSerializer,
+    id_errors,
+    path_id_errors,
+    raw_request_path,
+)
+from workers.services import (
+    worker_cancel,
+    worker_create,
+    worker_get,
+    worker_list,
+    worker_list_all,
+    worker_send_input,
+    worker_stop,
+    worker_transcript,
+)
+
+ID_LOOKUP_REGEX = r"[^/]+"  # anything up to the next slash reaches the view, which answers 400 for bad ids
+DEFAULT_MAX_BODY_BYTES = 2_621_440  # Django's DATA_UPLOAD_MAX_MEMORY_SIZE default
+S = TypeVar("S", bound=BaseSerializer[Any])
+
+
+def max_body_bytes() -> int:
+    """The request body cap: Django's DATA_UPLOAD_MAX_MEMORY_SIZE (its default when that is None)."""
+    configured = getattr(settings, "DATA_UPLOAD_MAX_MEMORY_SIZE", None)
+    return int(configured) if configured else DEFAULT_MAX_BODY_BYTES
+
+
+class BoundedJSONParser(JSONParser):
+    """JSONParser that refuses bodies over the cap (DRF reads the stream without Django's size check)."""
+
+    def parse(
+        self, stream: IO[Any], media_type: str | None = None, parser_context: Mapping[str, Any] | None = None
+    ) -> Any:
+        """Read at most cap + 1 bytes; a larger body is a 400 invalid_request."""
+        limit = max_body_bytes()
+        raw = stream.read(limit + 1)
+        if len(raw) > limit:
+            raise InvalidRequest(
+                message="the request body is too large",
+                fields={"non_field_errors": [f"the request body must be at most {limit} bytes."]},
+            )
+        return super().parse(io.BytesIO(raw), media_type, parser_context)
+
+
+def require_valid_ids(request: Request, *, runtime_id: str, worker_id: str | None = None) -> None:
+    """Raise InvalidRequest (with ``fields``) unless the ids, as routed and as sent, are of the §1 alphabet."""
+    fields = id_errors(runtime_id=runtime_id, worker_id=worker_id)
+    raw_path = raw_request_path(request._request)
+    if raw_path is not None:
+        # An encoded slash (a%2Fb) is decoded before routing; only the raw path shows the id was bad.
+        for name, messages in path_id_errors(raw_path).items():
+            fields.setdefault(name, messages)
+    if fields:
+        raise InvalidRequest(fields=fields)
+
+
+def validated(serializer_class: type[S], data: Any) -> S:
+    """An input serializer bound to ``data`` and validated (ValidationError -> 400 with fields)."""
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer
+
+
+class ApiViewSet(viewsets.ViewSet):
+    """Base of the browser API viewsets: JSON bodies only, bounded in size."""
+
+    parser_classes = [BoundedJSONParser]
+
+
+class RuntimeViewSet(ApiViewSet):
+    """``/runtimes/``: the runtimes this user may see, with cached status and capabilities."""
+
+    lookup_field = "runtime_id"
+    lookup_value_regex = ID_LOOKUP_REGEX
+
+    def list(self, request: Request) -> Response:
+        """Every visible runtime, from the cache (no upstream call)."""
+        views = runtime_list_visible(user=request.user)
+        return Response({"items": RuntimeOutputSerializer(views, many=True).data})
+
+    def retrieve(self, request: Request, runtime_id: str) -> Response:
+        """One runtime; its status is refreshed first when stale."""
+        require_valid_ids(request, runtime_id=runtime_id)
+        view = runtime_get_visible(runtime_id=runtime_id, user=request.user)
+        return Response(RuntimeOutputSerializer(view).data)
+
+
+class RuntimeWorkerViewSet(ApiViewSet):
+    """``/runtimes/{runtime_id}/workers/``: workers of one runtime and the commands on them."""
+
+    lookup_field = "worker_id"
+    lookup_value_regex = ID_LOOKUP_REGEX
+
+    def list(self, request: Request, runtime_id: str) -> Response:
+        """Workers of the runtime."""
+        require_valid_ids(request, runtime_id=runtime_id)
+        workers = worker_list(runtime_id=runtime_id, user=request.user)
+        return Response({"items": WorkerOutputSerializer(workers, many=True).data})
+
+    def create(self, request: Request, runtime_id: str) -> Response:
+        """Create a worker: ``{profile?, intent?, initial_input?, worker_id?, options?}`` -> 201 worker."""
+        require_valid_ids(request, runtime_id=runtime_id)
+        spec = validated(WorkerCreateInputSerializer, request.data).to_spec()
+        worker = worker_create(runtime_id=runtime_id, spec=spec, user=request.user)
+        location = reverse(
+            "workers:runtime-worker-detail",
+            kwargs={"runtime_id": worker.runtime_id, "worker_id": worker.worker_id},
+        )
+        return Response(
+            WorkerOutputSerializer(worker).data, status=status.HTTP_201_CREATED, headers={"Location": location}
+        )
+
+    def retrieve(self, request: Request, runtime_id: str, worker_id: str) -> Response:
+        """One worker."""
+        require_valid_ids(request, runtime_id=runtime_id, worker_id=worker_id)
+        worker = worker_get(runtime_id=runtime_id, worker_id=worker_id, user=request.user)
+        return Response(WorkerOutputSerializer(worker).data)
+
+    @action(detail=True, methods=["post"], url_path="input", url_name="input")
+    def send_input(self, request: Request, runtime_id: str, worker_id: str) -> Response:
+        """Send ``{content, kind?}`` to the worker -> 202 ack."""
+        require_valid_ids(request, runtime_id=runtime_id, worker_id=worker_id)
+        body = validated(WorkerInputInputSerializer, request.data).validated_data
+        ack = worker_send_input(
+            runtime_id=runtime_id,
+            worker_id=worker_id,
+            content=body["content"],
+            kind=body["kind"],
+            user=request.user,
+        )
+        return Response(AckOutputSerializer(ack).data, status=status.HTTP_202_ACCEPTED)
+
+    @action(detail=True, methods=["post"])
+    def stop(self, request: Request, runtime_id: str, worker_id: str) -> Response:
+        """Graceful end (body optional: ``{reason?}``) -> 200 ack with the final status."""
+        require_valid_ids(request, runtime_id=runtime_id, worker_id=worker_id)
+        reason = validated(WorkerEndInputSerializer, request.data).validated_data.get("reason")
+        ack = worker_stop(runtime_id=runtime_id, worker_id=worker_id, reason=reason, user=request.user)
+        return Response(AckOutputSerializer(ack).data)
+
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, runtime_id: str, worker_id: str) -> Response:
+        """Immediate end (body optional: ``{reason?}``) -> 200 ack with the final status."""
+        require_valid_ids(request, runtime_id=runtime_id, worker_id=worker_id)
+        reason = validated(WorkerEndInputSerializer, request.data).validated_data.get("reason")
+        ack = worker_cancel(runtime_id=runtime_id, worker_id=worker_id, reason=reason, user=request.user)
+        return Response(AckOutputSerializer(ack).data)
+
+    @action(detail=True, methods=["get"])
+    def transcript(self, request: Request, runtime_id: str, worker_id: str) -> Response:
+        """A bounded transcript page: ``?start=`` (≥ 0, default 0), ``?limit=`` (1-200, default 50)."""
+        require_valid_ids(request, runtime_id=runtime_id, worker_id=worker_id)
+        query = validated(TranscriptQuerySerializer, request.query_params).validated_data
+        page = worker_transcript(
+            runtime_id=runtime_id,
+            worker_id=worker_id,
+            start=query["start"],
+            limit=query["limit"],
+            user=request.user,
+        )
+        return Response(TranscriptPageOutputSerializer(page).data)
+
+
+class WorkerViewSet(ApiViewSet):
+    """``/workers/``: every visible worker across runtimes, with partial results."""
+
+    def list(self, request: Request) -> Response:
+        """``{"items": [...], "errors": [{"runtime_id", "code"}]}``; one failing runtime does not fail all."""
+        listing = worker_list_all(user=request.user)
+        return Response(
+            {
+                "items": WorkerOutputSerializer(listing.items, many=True).data,
+                "errors": RuntimeFailureOutputSerializer(listing.errors, many=True).data,
+            }
+        )
