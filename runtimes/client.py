@@ -13,6 +13,7 @@ import http.client
 import json
 import logging
 import re
+import socket
 import threading
 import time
 import uuid
@@ -49,6 +50,7 @@ DEFAULT_STREAM_IDLE_TIMEOUT = 45.0
 # One SSE event (bytes between two blank lines) may not grow past this.
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 POOL_MAXSIZE = 32
+USER_AGENT = "yoi-workspace-backend"
 READ_CHUNK_BYTES = 64 * 1024
 
 PATH_RUNTIME = "/v1/runtime"
@@ -68,11 +70,6 @@ _SSE_TERMINATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
 
 TokenProvider = Callable[[], str]
 
-_TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (
-    requests.exceptions.Timeout,  # ConnectTimeout and ReadTimeout
-    urllib3.exceptions.TimeoutError,  # ReadTimeoutError while streaming a body
-    TimeoutError,  # socket.timeout
-)
 _UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
     requests.exceptions.ConnectionError,  # refused, DNS, TLS, proxy
     requests.exceptions.ChunkedEncodingError,  # reset mid-body
@@ -136,10 +133,12 @@ class RemoteRuntimeClient:
         session = requests.Session()
         # No proxies or .netrc from the environment (netrc would replace our Authorization header).
         session.trust_env = False
+        session.headers["User-Agent"] = USER_AGENT
         # A runtime has no business setting cookies on the Backend.
         session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
         # No transport retries: a POST must never be sent twice behind the caller's back.
-        retries = Retry(total=0, connect=0, read=0, redirect=0, status=0, other=0, raise_on_redirect=False)
+        # read=False re-raises read errors as they are (a ReadTimeout stays a timeout, not a ConnectionError).
+        retries = Retry(total=0, read=False, redirect=False, raise_on_status=False)
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_maxsize, max_retries=retries)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
@@ -204,7 +203,11 @@ class RemoteRuntimeClient:
         return status, self._json_object(raw, worker_id=worker_id)
 
     def open_event_stream(self, worker_id: str, *, after: int | None) -> ClientEventStream:
-        """Open the SSE stream of one worker; ``after`` is the last seq seen (``0`` = from the first event)."""
+        """Open the SSE stream of one worker; ``after`` is the last seq seen (``0`` = from the first event).
+
+        The response head must come within the read timeout; after that the stream may be silent for up to
+        ``stream_idle_timeout`` (the runtime pings every 15 s) before iteration raises RuntimeTimeout.
+        """
         if after is not None and (isinstance(after, bool) or not isinstance(after, int) or after < 0):
             raise InvalidRequest(runtime_id=self.runtime_id, fields={"after": ["must be an integer >= 0"]})
         url = self._url(PATH_WORKER_EVENTS, worker_id)
@@ -217,13 +220,15 @@ class RemoteRuntimeClient:
             response = self._session.get(
                 url,
                 headers=headers,
-                timeout=(self.connect_timeout, self.stream_idle_timeout),
+                timeout=(self.connect_timeout, self.read_timeout),
                 allow_redirects=False,
                 stream=True,
             )
         except Exception as exc:
             raise self._map_failure(exc=exc, worker_id=worker_id) from exc
         status = response.status_code
+        # The head came within the read timeout; from here on silence is only fatal past the idle timeout.
+        _set_read_timeout(response, self.stream_idle_timeout)
         if not 200 <= status < 300:
             try:
                 raw = self._read_body(response, deadline=deadline, worker_id=worker_id)
@@ -257,7 +262,7 @@ class RemoteRuntimeClient:
         return {
             "Authorization": f"Bearer {token}",
             "Accept": accept,
-            # Bodies are capped after decoding; no compression keeps the cap honest and cheap.
+            # No compression asked for; a proxy that compresses anyway is decoded chunk by chunk under the cap.
             "Accept-Encoding": "identity",
         }
 
@@ -278,7 +283,7 @@ class RemoteRuntimeClient:
                     )
                     raise RuntimeTimeout(runtime_id=self.runtime_id, worker_id=worker_id)
                 # read1: at most one recv, so the deadline is checked between the bytes of a slow drip.
-                chunk = raw.read1(READ_CHUNK_BYTES)
+                chunk = raw.read1(READ_CHUNK_BYTES, decode_content=True)
                 if not chunk:
                     break
                 buffer += chunk
@@ -328,7 +333,7 @@ class RemoteRuntimeClient:
                 "runtimes.client.transport_error",
                 extra={"runtime_id": self.runtime_id, "worker_id": worker_id, "error_class": type(exc).__name__},
             )
-            if isinstance(exc, _TIMEOUT_ERRORS):
+            if _is_timeout(exc):
                 return RuntimeTimeout(**ids)
             if isinstance(exc, _UNREACHABLE_ERRORS):
                 return RuntimeUnreachable(**ids)
@@ -358,6 +363,35 @@ class RemoteRuntimeClient:
         if 400 <= status < 500:
             return RuntimeRejected(upstream_code=code or "unknown", upstream_status=status, detail=message, **ids)
         return RuntimeBadResponse(**ids)
+
+
+def _set_read_timeout(response: requests.Response, timeout: float) -> None:
+    """Change the socket timeout of an open streamed response (a no-op when there is no real socket)."""
+    raw = response.raw
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    if sock is None:
+        # http.client drops the connection's socket reference for close-delimited bodies; the body's
+        # reader still has it (http.client.HTTPResponse.fp -> BufferedReader -> SocketIO._sock).
+        reader = getattr(getattr(raw, "_fp", None), "fp", None)
+        sock = getattr(getattr(reader, "raw", None), "_sock", None)
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.settimeout(timeout)
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    """A connect or read timeout, however requests/urllib3 wrapped it."""
+    if isinstance(exc, requests.exceptions.Timeout):  # ConnectTimeout and ReadTimeout
+        return True
+    reason: BaseException | None = exc
+    if isinstance(reason, requests.exceptions.ConnectionError) and reason.args:
+        reason = reason.args[0] if isinstance(reason.args[0], BaseException) else None
+    if isinstance(reason, urllib3.exceptions.MaxRetryError):
+        reason = reason.reason
+    # urllib3 makes NewConnectionError (refused, DNS) a subclass of ConnectTimeoutError: it is not a timeout.
+    if reason is None or isinstance(reason, urllib3.exceptions.NewConnectionError):
+        return False
+    return isinstance(reason, urllib3.exceptions.TimeoutError | TimeoutError)
 
 
 def _error_fields(body: bytes) -> tuple[str | None, str]:
@@ -391,7 +425,7 @@ class _ChunkSource:
         return self
 
     def __next__(self) -> bytes:
-        chunk: bytes = self._raw.read1(READ_CHUNK_BYTES)
+        chunk: bytes = self._raw.read1(READ_CHUNK_BYTES, decode_content=True)
         if not chunk:
             if self._pending_content:
                 raise _StreamCut

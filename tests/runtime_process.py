@@ -7,6 +7,7 @@ remembered, so a fixture finalizer can kill what a test left behind (``kill_spaw
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -34,7 +35,7 @@ _spawned_lock = threading.Lock()
 
 
 def example_config(*, event_retention: int | None = None, extra: str = "") -> str:
-    """A runtime config with the ``example-agent`` profile (this interpreter + fixtures/agents/example_agent.py)."""
+    """A runtime config with the ``example-agent`` profile (fixtures/agents/example_agent.py, this Python)."""
     lines = ['display_name = "Test runtime"']
     if event_retention is not None:
         lines.append(f"event_retention = {event_retention}")
@@ -253,10 +254,8 @@ def kill_spawned_since(marker: int) -> None:
     for proc in procs:
         if proc.poll() is None:
             proc.kill()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 # --------------------------------------------------------------------------------------------- SSE

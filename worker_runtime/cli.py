@@ -167,18 +167,22 @@ def serve(args: argparse.Namespace) -> int:
         config = load_config(args.config) if args.config else RuntimeConfig()
     except ConfigError as exc:
         raise StartupError(f"invalid config: {exc}") from exc
-    store: Store = MemoryStore() if args.memory else FsStore(args.store)
-    runtime = WorkerRuntime(runtime_id=args.runtime_id, store=store, config=config)
+    # Listen first: a taken port leaves no trace in the store, and early clients queue in the backlog.
+    sock = bind_socket(host, port)
     try:
-        runtime.open()
-    except StoreError as exc:
-        raise StartupError(f"cannot open the store: {exc}") from exc
-    try:
-        sock = bind_socket(host, port)
-        server = create_server(runtime, store=store, token=token, ping_interval=args.ping_interval)
-        _run(server, sock, host=host, runtime_id=args.runtime_id, backend=store.backend)
+        store: Store = MemoryStore() if args.memory else FsStore(args.store)
+        runtime = WorkerRuntime(runtime_id=args.runtime_id, store=store, config=config)
+        try:
+            runtime.open()
+        except StoreError as exc:
+            raise StartupError(f"cannot open the store: {exc}") from exc
+        try:
+            server = create_server(runtime, store=store, token=token, ping_interval=args.ping_interval)
+            _run(server, sock, host=host, runtime_id=args.runtime_id, backend=store.backend)
+        finally:
+            runtime.close()
     finally:
-        runtime.close()
+        sock.close()
     return 0
 
 

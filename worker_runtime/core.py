@@ -341,7 +341,8 @@ class WorkerRuntime:
         w = self._get(worker_id)
         with w.lock:
             if not w.running or w.executor is None:
-                raise WorkerNotRunning(f"worker is {w.record.status}")
+                state = w.record.status if w.pending_final is None else "ending"
+                raise WorkerNotRunning(f"worker is {state}")
             item, event = self._add_transcript(w, role=kind, content=content, kind="user_message", key="content")
             w.executor.submit(kind, content)
         return {
@@ -409,10 +410,10 @@ class WorkerRuntime:
         closed = threading.Event()
 
         def close() -> None:
-            if closed.is_set():
-                return
-            closed.set()
-            with w.lock:
+            with w.lock:  # check-and-set under the lock: two closers must not both count down
+                if closed.is_set():
+                    return
+                closed.set()
                 if listener in w.listeners:
                     w.listeners.remove(listener)
             with self._lock:

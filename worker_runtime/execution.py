@@ -225,9 +225,10 @@ class SubprocessExecutor:
             self._sink.emit("error", {"message": "the agent sent an event kind it may not send"})
 
     def _signal(self, sig: signal.Signals) -> None:
-        if self._proc is None or self._proc.poll() is not None:
+        # The whole process group: an agent that exited may leave children holding its stdout open.
+        if self._proc is None or self._done.is_set():
             return
-        with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, sig)
 
     def stop(self, grace: float) -> None:

@@ -66,12 +66,30 @@ def _internal_error_response() -> Response:
 # --------------------------------------------------------------------------------------------- middleware
 
 
-class BearerAuthMiddleware:
-    """Refuses every HTTP request without the runtime's bearer token (constant-time compare)."""
+class BearerToken:
+    """The runtime's bearer token; it never shows in a repr or str."""
 
-    def __init__(self, app: ASGIApp, *, token: str | None) -> None:
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value.encode("utf-8")
+
+    def __repr__(self) -> str:
+        return "BearerToken(<redacted>)"
+
+    __str__ = __repr__
+
+    def matches(self, presented: bytes) -> bool:
+        """Constant-time comparison with a presented credential."""
+        return hmac.compare_digest(presented, self._value)
+
+
+class BearerAuthMiddleware:
+    """Refuses every HTTP request without the runtime's bearer token (``token=None``: no auth)."""
+
+    def __init__(self, app: ASGIApp, *, token: BearerToken | None) -> None:
         self.app = app
-        self._token = token.encode("utf-8") if token is not None else None
+        self._token = token
 
     def __repr__(self) -> str:
         return "BearerAuthMiddleware(token=<redacted>)"
@@ -87,7 +105,7 @@ class BearerAuthMiddleware:
                 break
         scheme, _, credentials = header.partition(b" ")
         # Compare even when the scheme is wrong, so timing says nothing about which part failed.
-        matches = hmac.compare_digest(credentials.strip(), self._token)
+        matches = self._token.matches(credentials.strip())
         if not (matches and scheme.lower() == b"bearer"):
             error = RuntimeApiError(UNAUTHORIZED_MESSAGE, code="unauthorized", status=401)
             response = _error_response(error, {"WWW-Authenticate": "Bearer"})
@@ -517,5 +535,6 @@ def _build_app(server: RuntimeServer, *, token: str | None) -> Starlette:
     )
     app.router.redirect_slashes = False
     app.add_middleware(EncodedSlashMiddleware)
-    app.add_middleware(BearerAuthMiddleware, token=token)  # added last = outermost: auth comes first
+    bearer = BearerToken(token) if token is not None else None
+    app.add_middleware(BearerAuthMiddleware, token=bearer)  # added last = outermost: auth comes first
     return app

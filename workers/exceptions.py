@@ -10,11 +10,14 @@ import logging
 from typing import Any
 from urllib.parse import quote
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponsePermanentRedirect, JsonResponse
 from django.urls import Resolver404, resolve
 from django.views import defaults as django_defaults
 from django.views.csrf import csrf_failure as django_csrf_failure
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
@@ -121,6 +124,13 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         exc = drf.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = drf.PermissionDenied()
+    if isinstance(exc, RequestDataTooBig):
+        # DRF reads JSON bodies through request.body, which enforces DATA_UPLOAD_MAX_MEMORY_SIZE.
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        fields = {api_settings.NON_FIELD_ERRORS_KEY: [f"the request body must be at most {limit} bytes."]}
+        return Response(error_body("invalid_request", "the request body is too large", fields=fields), status=400)
+    if isinstance(exc, SuspiciousOperation):
+        return Response(error_body("invalid_request", "the request is invalid"), status=400)
     if isinstance(exc, drf.APIException):
         status, body, headers = _drf_error(exc)
         set_rollback()
@@ -160,6 +170,7 @@ def _slash_redirect(request: HttpRequest) -> HttpResponse | None:
     return HttpResponsePermanentRedirect(f"{target}?{query}" if query else target)
 
 
+@csrf_exempt  # performs no action; an unknown URL is a 404 whatever the method and cookies
 def api_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
     """Catch-all for unknown URLs under /api/ (also with DEBUG on): bad ids are 400, the rest 404."""
     fields = path_id_errors(raw_request_path(request) or request.path)

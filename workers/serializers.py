@@ -14,7 +14,7 @@ from urllib.parse import unquote
 from django.http import HttpRequest
 from rest_framework import serializers
 
-from runtimes.types import WorkerSpec
+from runtimes.types import WorkerDetail, WorkerSpec
 
 ID_PATTERN = r"[A-Za-z0-9_:-]{1,120}"
 ID_RE = re.compile(ID_PATTERN)
@@ -26,6 +26,7 @@ MAX_PROFILE_CHARS = 200
 MAX_REASON_CHARS = 500
 TRANSCRIPT_DEFAULT_LIMIT = 50
 TRANSCRIPT_MAX_LIMIT = 200
+MAX_JSON_SAFE_INT = 2**53 - 1
 INTENT_KINDS = ("assistant", "task", "role")
 INPUT_KINDS = ("user", "system")
 
@@ -162,20 +163,21 @@ class WorkerEndInputSerializer(serializers.Serializer[dict[str, Any]]):
 class TranscriptQuerySerializer(serializers.Serializer[dict[str, Any]]):
     """GET …/{worker_id}/transcript/?start=&limit=: a bounded page."""
 
-    start = serializers.IntegerField(required=False, default=0, min_value=0)
+    start = serializers.IntegerField(required=False, default=0, min_value=0, max_value=MAX_JSON_SAFE_INT)
     limit = serializers.IntegerField(
         required=False, default=TRANSCRIPT_DEFAULT_LIMIT, min_value=1, max_value=TRANSCRIPT_MAX_LIMIT
     )
 
 
-class EpochDateTimeField(serializers.DateTimeField):
-    """Renders a POSIX timestamp (seconds) as an ISO 8601 UTC datetime."""
-
-    def to_representation(self, value: Any) -> str:
-        """Float seconds -> ISO 8601 (DRF renders None itself without calling this)."""
-        if isinstance(value, int | float):
-            value = datetime.fromtimestamp(value, tz=UTC)
-        return super().to_representation(value)
+def iso_from_epoch(value: float | None) -> str | None:
+    """A POSIX timestamp (seconds) as ISO 8601 UTC (``…Z``); None when unknown or out of range."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromtimestamp(value, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 class _OmitUnknownMixin(serializers.Serializer[Any]):
@@ -204,10 +206,18 @@ class WorkerOutputSerializer(_OmitUnknownMixin):
     intent = serializers.DictField()
     transcript_len = serializers.IntegerField(allow_null=True)
     last_seq = serializers.IntegerField(allow_null=True)
-    created_at = EpochDateTimeField(allow_null=True)
-    updated_at = EpochDateTimeField(allow_null=True)
+    created_at = serializers.SerializerMethodField()
+    updated_at = serializers.SerializerMethodField()
     reason = serializers.CharField(allow_null=True)
     exit_code = serializers.IntegerField(allow_null=True)
+
+    def get_created_at(self, worker: WorkerDetail) -> str | None:
+        """When the runtime created the worker (ISO 8601), if it says."""
+        return iso_from_epoch(worker.created_at)
+
+    def get_updated_at(self, worker: WorkerDetail) -> str | None:
+        """When the worker last changed (ISO 8601), if the runtime says."""
+        return iso_from_epoch(worker.updated_at)
 
 
 class AckOutputSerializer(_OmitUnknownMixin):

@@ -6,11 +6,8 @@ reaches a runtime. Errors are rendered by ``workers.exceptions.api_exception_han
 
 from __future__ import annotations
 
-import io
-from collections.abc import Mapping
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
-from django.conf import settings
 from django.urls import reverse
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
@@ -47,31 +44,7 @@ from workers.services import (
 )
 
 ID_LOOKUP_REGEX = r"[^/]+"  # anything up to the next slash reaches the view, which answers 400 for bad ids
-DEFAULT_MAX_BODY_BYTES = 2_621_440  # Django's DATA_UPLOAD_MAX_MEMORY_SIZE default
 S = TypeVar("S", bound=BaseSerializer[Any])
-
-
-def max_body_bytes() -> int:
-    """The request body cap: Django's DATA_UPLOAD_MAX_MEMORY_SIZE (its default when that is None)."""
-    configured = getattr(settings, "DATA_UPLOAD_MAX_MEMORY_SIZE", None)
-    return int(configured) if configured else DEFAULT_MAX_BODY_BYTES
-
-
-class BoundedJSONParser(JSONParser):
-    """JSONParser that refuses bodies over the cap (DRF reads the stream without Django's size check)."""
-
-    def parse(
-        self, stream: IO[Any], media_type: str | None = None, parser_context: Mapping[str, Any] | None = None
-    ) -> Any:
-        """Read at most cap + 1 bytes; a larger body is a 400 invalid_request."""
-        limit = max_body_bytes()
-        raw = stream.read(limit + 1)
-        if len(raw) > limit:
-            raise InvalidRequest(
-                message="the request body is too large",
-                fields={"non_field_errors": [f"the request body must be at most {limit} bytes."]},
-            )
-        return super().parse(io.BytesIO(raw), media_type, parser_context)
 
 
 def require_valid_ids(request: Request, *, runtime_id: str, worker_id: str | None = None) -> None:
@@ -94,9 +67,9 @@ def validated(serializer_class: type[S], data: Any) -> S:
 
 
 class ApiViewSet(viewsets.ViewSet):
-    """Base of the browser API viewsets: JSON bodies only, bounded in size."""
+    """Base of the browser API viewsets: JSON bodies only (DRF reads them through Django's size cap)."""
 
-    parser_classes = [BoundedJSONParser]
+    parser_classes = [JSONParser]
 
 
 class RuntimeViewSet(ApiViewSet):

@@ -12,3 +12,5 @@ from yoi_backend.settings import *  # noqa: F403
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 if not os.environ.get("REDIS_URL"):
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# WhiteNoise warns at every request when STATIC_ROOT is missing; tests never collect static files.
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)

@@ -183,7 +183,9 @@ TRANSPORT_ROWS = [
         id="connection_refused",
     ),
     pytest.param(
-        requests.exceptions.ConnectionError(f"Failed to resolve '{HOST_MARK}.invalid' (Name or service not known)"),
+        requests.exceptions.ConnectionError(
+            f"Failed to resolve '{HOST_MARK}.invalid' (Name or service not known)"
+        ),
         RuntimeUnreachable,
         "runtime_unreachable",
         502,
@@ -437,7 +439,9 @@ def test_token_provider_failure_makes_no_http_call(rsps: responses.RequestsMock)
 @pytest.mark.parametrize("token", ["", "two words", "line\nbreak", f"{TOKEN}\r\nX-Evil: 1"])
 def test_unusable_token_makes_no_http_call(rsps: responses.RequestsMock, token: str) -> None:
     register(rsps, "summary", body=canned("runtime_summary.json"))
-    handle = RemoteRuntimeHandle(RID, RemoteRuntimeClient(runtime_id=RID, base_url=BASE_URL, token_provider=lambda: token))
+    handle = RemoteRuntimeHandle(
+        RID, RemoteRuntimeClient(runtime_id=RID, base_url=BASE_URL, token_provider=lambda: token)
+    )
     with pytest.raises(RuntimeAuthFailed) as info:
         handle.summary()
     assert_no_leak(info.value)
@@ -475,12 +479,18 @@ def test_full_summary_is_parsed(rsps: responses.RequestsMock, handle: RemoteRunt
     assert caps.backend == "fs_store"
     assert caps.profiles is not None
     assert [p.name for p in caps.profiles] == ["builtin:echo", "builtin:burst", "example-agent"]
-    assert (caps.default_profile, caps.max_transcript_items, caps.max_input_bytes) == ("builtin:echo", 256, 1048576)
+    assert (caps.default_profile, caps.max_transcript_items, caps.max_input_bytes) == (
+        "builtin:echo",
+        256,
+        1048576,
+    )
     assert rsps.calls[0].request.headers["Accept"] == "application/json"
     assert "Idempotency-Key" not in rsps.calls[0].request.headers
 
 
-def test_older_short_summary_is_accepted_as_unknown(rsps: responses.RequestsMock, handle: RemoteRuntimeHandle) -> None:
+def test_older_short_summary_is_accepted_as_unknown(
+    rsps: responses.RequestsMock, handle: RemoteRuntimeHandle
+) -> None:
     register(rsps, "capabilities", body=canned("runtime_summary_short.json"))
     caps = handle.capabilities()
     assert_calls(rsps, 1)
@@ -494,12 +504,14 @@ def test_older_short_summary_is_accepted_as_unknown(rsps: responses.RequestsMock
 
 
 @pytest.mark.parametrize("status", [200, 201])
-def test_create_accepts_200_and_201(rsps: responses.RequestsMock, handle: RemoteRuntimeHandle, status: int) -> None:
+def test_create_accepts_200_and_201(
+    rsps: responses.RequestsMock, handle: RemoteRuntimeHandle, status: int
+) -> None:
     register(rsps, "create", body=canned("worker_created.json"), status=status)
     worker = handle.create_worker(WorkerSpec(profile="builtin:echo", initial_input="hi"))
     assert_calls(rsps, 1)
     assert (worker.runtime_id, worker.worker_id, worker.status, worker.last_seq) == (RID, "w-new", "running", 1)
-    sent = json.loads(rsps.calls[0].request.body)
+    sent = json.loads(rsps.calls[0].request.body or b"")
     assert sent == {
         "intent": {"kind": "assistant"},
         "profile": {"kind": "builtin", "value": "builtin:echo"},
@@ -537,7 +549,8 @@ def test_worker_list_detail_ack_and_transcript_are_parsed(
     assert bodies[2] == {"kind": "system", "content": "hello"}
     assert bodies[3] == {}
     assert bodies[4] == {"reason": "user asked"}
-    assert "start=0" in rsps.calls[5].request.url and "limit=2" in rsps.calls[5].request.url
+    transcript_url = rsps.calls[5].request.url or ""
+    assert "start=0" in transcript_url and "limit=2" in transcript_url
 
 
 def test_idempotency_key_is_sent_on_every_post(rsps: responses.RequestsMock, handle: RemoteRuntimeHandle) -> None:
@@ -569,8 +582,12 @@ def test_callers_idempotency_key_is_used(rsps: responses.RequestsMock, handle: R
     ]
 
 
-def test_worker_id_is_percent_encoded_in_the_path(rsps: responses.RequestsMock, handle: RemoteRuntimeHandle) -> None:
-    rsps.add("GET", url("/v1/workers/w%3Aa_b-1"), body=b'{"worker": {"worker_id": "w:a_b-1", "status": "running"}}')
+def test_worker_id_is_percent_encoded_in_the_path(
+    rsps: responses.RequestsMock, handle: RemoteRuntimeHandle
+) -> None:
+    rsps.add(
+        "GET", url("/v1/workers/w%3Aa_b-1"), body=b'{"worker": {"worker_id": "w:a_b-1", "status": "running"}}'
+    )
     worker = handle.get_worker("w:a_b-1")
     assert worker.worker_id == "w:a_b-1"
     assert_calls(rsps, 1)
@@ -622,7 +639,9 @@ def test_event_stream_reset_is_a_stream_reset(rsps: responses.RequestsMock, hand
     ("fixture", "error_class", "code", "good_events"),
     [
         pytest.param("bad_json.txt", RuntimeBadResponse, "runtime_bad_response", 1, id="bad_json"),
-        pytest.param("other_worker.txt", RuntimeBadResponse, "runtime_bad_response", 0, id="event_of_other_worker"),
+        pytest.param(
+            "other_worker.txt", RuntimeBadResponse, "runtime_bad_response", 0, id="event_of_other_worker"
+        ),
         pytest.param("cut_mid_event.txt", RuntimeUnreachable, "runtime_unreachable", 1, id="cut_mid_event"),
         pytest.param("ended_early.txt", RuntimeUnreachable, "runtime_unreachable", 2, id="ended_before_exit"),
     ],

@@ -106,7 +106,7 @@ def test_reset_when_history_is_gone(small_retention_runtime: RuntimeProcess) -> 
     assert last == 7
 
     for cursor in ({"after": 0}, {"last_event_id": 1}):
-        stream = open_events(rt, worker_id, **cursor)  # type: ignore[arg-type]
+        stream = open_events(rt, worker_id, **cursor)
         reset = stream.next_frame()
         assert reset is not None and reset.event == "reset" and reset.id is None
         assert reset.json() == {"reason": "history_expired", "earliest_seq": 3}
@@ -141,7 +141,7 @@ def test_worker_exited_ends_the_stream(runtime_process: RuntimeProcess) -> None:
     wait_streams_open(rt, 0)
 
 
-def _read_until_broken(stream: SseReader, frames: list[SseFrame], minimum: int) -> None:
+def _read_events(stream: SseReader, frames: list[SseFrame], minimum: int) -> None:
     while len(frames) < minimum:
         frame = stream.next_frame()
         assert frame is not None
@@ -155,7 +155,7 @@ def test_kill_restart_and_resume_delivers_every_event_once(runtime_process: Runt
     stream = open_events(rt, worker_id, after=0)
     send_input(rt, worker_id, "go")
     frames: list[SseFrame] = []
-    _read_until_broken(stream, frames, minimum=40)
+    _read_events(stream, frames, minimum=40)
     rt.kill()  # events are still flowing
     try:
         while (frame := stream.next_frame()) is not None:

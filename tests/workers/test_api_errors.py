@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.http import HttpRequest, HttpResponse
 from django.test import Client, RequestFactory
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -141,7 +142,9 @@ def test_malformed_json_is_invalid_request(api_client: APIClient, services: Serv
 
 
 def test_non_json_media_type_is_415(api_client: APIClient, services: ServiceSpy) -> None:
-    response = api_client.post(WORKER_URL + "input/", b"content=hi", content_type="application/x-www-form-urlencoded")
+    response = api_client.post(
+        WORKER_URL + "input/", b"content=hi", content_type="application/x-www-form-urlencoded"
+    )
     assert response.status_code == 415
     assert envelope(response)["code"] == "unsupported_media_type"
     assert services.calls == []
@@ -182,7 +185,7 @@ def test_drf_not_found_and_permission_denied_map(rf: RequestFactory) -> None:
 def test_validation_detail_is_flattened_into_fields() -> None:
     from rest_framework import exceptions as drf
 
-    detail = {
+    detail: Any = {
         "content": ["This field is required."],
         "non_field_errors": ["Invalid data."],
         "intent": {"kind": ["bad kind"]},
@@ -276,8 +279,11 @@ def test_django_csrf_middleware_uses_the_api_view(user: User) -> None:
     from django.middleware.csrf import CsrfViewMiddleware
 
     request = RequestFactory().post("/api/v1/runtimes/", data={})
-    middleware = CsrfViewMiddleware(lambda r: None)  # type: ignore[arg-type,return-value]
-    response = middleware.process_view(request, lambda r: None, (), {})  # type: ignore[arg-type]
+
+    def view(request: HttpRequest) -> HttpResponse:
+        return HttpResponse("reached")
+
+    response = CsrfViewMiddleware(view).process_view(request, view, (), {})
     assert response is not None
     assert response.status_code == 403
     assert envelope(response)["message"] == "CSRF check failed"
@@ -337,7 +343,9 @@ def test_disallowed_host_under_api_is_400_envelope(client: Client) -> None:
     assert envelope(response)["code"] == "invalid_request"
 
 
-def test_worker_detail_shape_passes_through_the_handler_untouched(api_client: APIClient, services: ServiceSpy) -> None:
+def test_worker_detail_shape_passes_through_the_handler_untouched(
+    api_client: APIClient, services: ServiceSpy
+) -> None:
     """A success is not touched by the error machinery (guards against envelope-wrapping successes)."""
     services.answer("worker_get", WorkerDetail(runtime_id="local", worker_id="w1", status="running"))
     response = api_client.get(WORKER_URL)
