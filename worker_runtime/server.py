@@ -20,7 +20,7 @@ import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -176,7 +176,11 @@ class EventStream:
             return
         self._closed = True
         if self.subscription is not None:
-            self.subscription.close()
+            # Closing takes the worker's lock, which is held across fsyncs: keep it off the event loop.
+            try:
+                self._loop.run_in_executor(None, self.subscription.close)
+            except RuntimeError:  # the loop or its executor is shut down
+                self.subscription.close()
         if self.on_close is not None:
             self.on_close(self)
 
@@ -455,6 +459,8 @@ def _guard(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
             return response
         except RuntimeApiError as exc:
             return _error_response(exc)
+        except ClientDisconnect:
+            return Response(status_code=400)  # the client left mid-body; nobody reads this answer
         except Exception:
             logger.exception("worker_runtime.server.internal_error", extra={"route": handler.__name__})
             return _internal_error_response()

@@ -184,5 +184,10 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("YOI_LOG_LEVEL", "INFO")},
-    "loggers": {"django.request": {"level": "ERROR"}},
+    "loggers": {
+        "django.request": {"level": "ERROR"},
+        # urllib3 names the runtime host in its own log lines (pool warnings, debug): runtime
+        # addresses never reach a log, so it only speaks when something is badly wrong.
+        "urllib3": {"level": "ERROR"},
+    },
 }

@@ -17,7 +17,7 @@ from runtimes.client import (
     ClientEventStream,
     RemoteRuntimeClient,
 )
-from runtimes.errors import RuntimeUnreachable
+from runtimes.errors import TRANSPORT_FAILURES, RuntimeUnreachable
 from runtimes.handles.parse import (
     parse_ack,
     parse_event,
@@ -89,6 +89,9 @@ class RemoteRuntimeHandle:
     def __init__(self, runtime_id: str, client: RemoteRuntimeClient) -> None:
         self.runtime_id = runtime_id
         self._client = client
+        # Commands go only to a runtime that has proved it is the configured one; re-checked after any
+        # transport failure, since whatever answers at that address after a restart may be another runtime.
+        self._identity_verified = False
 
     def __repr__(self) -> str:
         return f"RemoteRuntimeHandle(runtime_id={self.runtime_id!r})"
@@ -97,8 +100,22 @@ class RemoteRuntimeHandle:
 
     def summary(self) -> RuntimeSummary:
         """GET /v1/runtime; the runtime must report the configured runtime_id."""
+        self._identity_verified = False
         _, body = self._client.request_json("GET", PATH_RUNTIME)
-        return parse_summary(unwrap(body, "runtime", runtime_id=self.runtime_id), runtime_id=self.runtime_id)
+        summary = parse_summary(unwrap(body, "runtime", runtime_id=self.runtime_id), runtime_id=self.runtime_id)
+        self._identity_verified = True
+        return summary
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """A worker-route request, sent only once the runtime's identity is verified."""
+        if not self._identity_verified:
+            self.summary()
+        try:
+            _, body = self._client.request_json(method, path, **kwargs)
+        except TRANSPORT_FAILURES:
+            self._identity_verified = False
+            raise
+        return body
 
     def capabilities(self) -> Capabilities:
         """What the runtime's summary says it can do."""
@@ -106,19 +123,17 @@ class RemoteRuntimeHandle:
 
     def list_workers(self) -> list[WorkerDetail]:
         """Every worker of the runtime."""
-        _, body = self._client.request_json("GET", PATH_WORKERS)
+        body = self._request("GET", PATH_WORKERS)
         return parse_workers(unwrap(body, "workers", runtime_id=self.runtime_id), runtime_id=self.runtime_id)
 
     def get_worker(self, worker_id: str) -> WorkerDetail:
         """One worker's detail."""
-        _, body = self._client.request_json("GET", PATH_WORKER, worker_id=worker_id)
+        body = self._request("GET", PATH_WORKER, worker_id=worker_id)
         return self._worker(body, worker_id)
 
     def create_worker(self, spec: WorkerSpec, *, idempotency_key: str | None = None) -> WorkerDetail:
         """Create a worker (the runtime may answer 200 or 201)."""
-        _, body = self._client.request_json(
-            "POST", PATH_WORKERS, body=spec.to_protocol(), idempotency_key=idempotency_key
-        )
+        body = self._request("POST", PATH_WORKERS, body=spec.to_protocol(), idempotency_key=idempotency_key)
         return self._worker(body, spec.worker_id)
 
     def send_input(
@@ -141,7 +156,7 @@ class RemoteRuntimeHandle:
 
     def transcript(self, worker_id: str, *, start: int, limit: int) -> TranscriptPage:
         """A bounded page of a worker's transcript."""
-        _, body = self._client.request_json(
+        body = self._request(
             "GET", PATH_WORKER_TRANSCRIPT, worker_id=worker_id, params={"start": start, "limit": limit}
         )
         page = unwrap(body, "transcript", runtime_id=self.runtime_id, worker_id=worker_id)
@@ -149,6 +164,8 @@ class RemoteRuntimeHandle:
 
     def open_events(self, worker_id: str, *, after: int | None) -> RemoteEventStream:
         """The worker's event stream after seq ``after`` (``None`` = live only, ``0`` = from the first)."""
+        if not self._identity_verified:
+            self.summary()
         stream = self._client.open_event_stream(worker_id, after=after)
         return RemoteEventStream(stream, runtime_id=self.runtime_id, worker_id=worker_id)
 
@@ -161,9 +178,7 @@ class RemoteRuntimeHandle:
         return parse_worker(worker, runtime_id=self.runtime_id, worker_id=worker_id)
 
     def _command(self, path: str, worker_id: str, body: dict[str, Any], *, idempotency_key: str | None) -> Ack:
-        _, answer = self._client.request_json(
-            "POST", path, body=body, worker_id=worker_id, idempotency_key=idempotency_key
-        )
+        answer = self._request("POST", path, body=body, worker_id=worker_id, idempotency_key=idempotency_key)
         ack = unwrap(answer, "ack", runtime_id=self.runtime_id, worker_id=worker_id)
         return parse_ack(ack, runtime_id=self.runtime_id, worker_id=worker_id)
 

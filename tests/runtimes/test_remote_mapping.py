@@ -93,8 +93,13 @@ def client() -> Iterator[RemoteRuntimeClient]:
 
 
 @pytest.fixture
-def handle(client: RemoteRuntimeClient) -> RemoteRuntimeHandle:
-    return RemoteRuntimeHandle(RID, client)
+def handle(client: RemoteRuntimeClient, rsps: responses.RequestsMock) -> RemoteRuntimeHandle:
+    """A handle that has already verified the runtime's identity (its summary call is forgotten)."""
+    verified = RemoteRuntimeHandle(RID, client)
+    rsps.add("GET", url("/v1/runtime"), body=canned("runtime_summary.json"), content_type="application/json")
+    verified.summary()
+    rsps.reset()
+    return verified
 
 
 @pytest.fixture(autouse=True)
@@ -416,6 +421,30 @@ def test_identity_mismatch_also_fails_capabilities(
 ) -> None:
     register(rsps, "capabilities", body=canned("runtime_summary_other_identity.json"))
     expect_error(rsps, handle, "capabilities", RuntimeBadResponse, "runtime_bad_response", 502)
+
+
+def test_commands_wait_for_the_runtime_to_prove_its_identity(
+    rsps: responses.RequestsMock, client: RemoteRuntimeClient
+) -> None:
+    fresh = RemoteRuntimeHandle(RID, client)
+    rsps.add("GET", url("/v1/runtime"), body=canned("runtime_summary_other_identity.json"))
+    rsps.add("POST", url(f"/v1/workers/{WID}/input"), body=canned("ack_input.json"))
+    with pytest.raises(RuntimeBadResponse):
+        fresh.send_input(WID, content="hello")
+    assert [call.request.url for call in rsps.calls] == [url("/v1/runtime")]  # the command was never sent
+
+
+def test_identity_is_checked_again_after_a_transport_failure(
+    rsps: responses.RequestsMock, handle: RemoteRuntimeHandle
+) -> None:
+    rsps.add("GET", url("/v1/workers"), body=requests.exceptions.ConnectionError("down"))
+    with pytest.raises(RuntimeUnreachable):
+        handle.list_workers()
+    rsps.reset()
+    rsps.add("GET", url("/v1/runtime"), body=canned("runtime_summary_other_identity.json"))
+    with pytest.raises(RuntimeBadResponse):
+        handle.list_workers()
+    assert [call.request.url for call in rsps.calls] == [url("/v1/runtime")]
 
 
 # --------------------------------------------------------------------------------------------- no call at all
