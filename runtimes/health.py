@@ -100,9 +100,6 @@ def probe_runtimes(*, runtime_ids: list[str] | None = None) -> list[ProbeResult]
     return [_record_probe(runtime_id, *outcome) for runtime_id, outcome in zip(ids, outcomes, strict=True)]
 
 
-_success_written: dict[str, float] = {}
-
-
 def runtime_call(runtime_id: str, operation: Callable[[RuntimeHandle], T]) -> T:
     """Run a command or query on a runtime through its breaker, and keep its row's status honest.
 
@@ -112,13 +109,10 @@ def runtime_call(runtime_id: str, operation: Callable[[RuntimeHandle], T]) -> T:
     try:
         result = registry.call(runtime_id, operation)
     except TRANSPORT_FAILURES as error:
-        _success_written.pop(runtime_id, None)
+        registry.forget_online_mark(runtime_id)
         _record_failure(runtime_id=runtime_id, error=error)
         raise
-    now = time.monotonic()
-    last = _success_written.get(runtime_id)
-    if last is None or now - last >= LAST_SEEN_WRITE_INTERVAL.total_seconds():
-        _success_written[runtime_id] = now
+    if registry.take_online_mark(runtime_id, interval=LAST_SEEN_WRITE_INTERVAL.total_seconds()):
         _record_success(runtime_id=runtime_id)
     return result
 
@@ -128,7 +122,7 @@ def _record_success(*, runtime_id: str) -> None:
 
     now = timezone.now()
     Runtime.objects.filter(runtime_id=runtime_id).update(
-        status="online", status_error_code="", last_seen_at=now, consecutive_failures=0
+        status="online", status_error_code="", last_seen_at=now, checked_at=now, consecutive_failures=0
     )
 
 

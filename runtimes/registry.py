@@ -110,6 +110,7 @@ class RuntimeRegistry:
         self._loaded_at: float | None = None
         self._handles: dict[str, tuple[tuple[object, ...], RuntimeHandle]] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
+        self._online_marked_at: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return f"RuntimeRegistry(runtimes={sorted(self._connections)!r})"
@@ -177,6 +178,21 @@ class RuntimeRegistry:
         breaker.record_success()
         return result
 
+    def take_online_mark(self, runtime_id: str, *, interval: float) -> bool:
+        """True at most once per ``interval`` per runtime: when a success should be written to its row."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._online_marked_at.get(runtime_id)
+            if last is not None and now - last < interval:
+                return False
+            self._online_marked_at[runtime_id] = now
+            return True
+
+    def forget_online_mark(self, runtime_id: str) -> None:
+        """After a failure, the next success is written at once."""
+        with self._lock:
+            self._online_marked_at.pop(runtime_id, None)
+
     def _drop_stale_handles(self) -> None:
         for runtime_id, (fingerprint, handle) in list(self._handles.items()):
             connection = self._connections.get(runtime_id)
@@ -199,6 +215,7 @@ class RuntimeRegistry:
                 self._close_handle(runtime_id, handle)
             self._handles.clear()
             self._breakers.clear()
+            self._online_marked_at.clear()
             self._connections = {}
             self._loaded_at = None
 

@@ -53,9 +53,11 @@ def _command(
 ) -> T:
     runtime_require_visible(runtime_id=runtime_id, user=user)
     started = time.perf_counter()
-    outcome = "ok"
+    outcome, audited_worker = "ok", worker_id
     try:
-        return runtime_call(runtime_id, operation)
+        result = runtime_call(runtime_id, operation)
+        audited_worker = getattr(result, "worker_id", worker_id)  # a create learns its id only now
+        return result
     except YoiError as error:
         outcome = error.code
         raise
@@ -63,7 +65,14 @@ def _command(
         outcome = "internal_error"
         raise
     finally:
-        latency_ms = (time.perf_counter() - started) * 1000
+        _audit(action, runtime_id, audited_worker, user, outcome, (time.perf_counter() - started) * 1000)
+
+
+def _audit(
+    action: str, runtime_id: str, worker_id: str, user: RequestUser, outcome: str, latency_ms: float
+) -> None:
+    """Record a command; a failing audit write is logged, never allowed to replace the command's own outcome."""
+    try:
         AuditEvent.objects.create(
             user=user if isinstance(user, User) else None,
             username=user.get_username() if isinstance(user, User) else "",
@@ -73,6 +82,8 @@ def _command(
             outcome=outcome,
             latency_ms=latency_ms,
         )
+    except Exception:
+        logger.exception("workers.audit.write_failed", extra={"runtime_id": runtime_id, "action": action})
 
 
 def worker_list(*, runtime_id: str, user: RequestUser) -> list[WorkerDetail]:
