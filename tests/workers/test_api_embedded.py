@@ -74,7 +74,7 @@ def test_echo_worker_lifecycle(api_client: APIClient, embedded_runtime: Runtime,
 
     audit = list(AuditEvent.objects.order_by("id").values_list("action", "outcome", "worker_id", "user"))
     assert audit == [
-        ("create", "ok", "", user.pk),
+        ("create", "ok", worker_id, user.pk),
         ("input", "ok", worker_id, user.pk),
         ("stop", "ok", worker_id, user.pk),
         ("cancel", "ok", worker_id, user.pk),
