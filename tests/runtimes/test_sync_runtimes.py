@@ -201,8 +201,14 @@ def test_invalid_file_changes_nothing_and_names_the_key(tmp_path: Path) -> None:
     assert not Runtime.objects.filter(runtime_id="new-one").exists()
 
 
-def test_cli_exit_status_and_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_exit_status_and_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from django.core.management import ManagementUtility
+    from django.db import connections
+
+    # run_from_argv closes every connection on its way out, the test's own included (fatal on PostgreSQL).
+    monkeypatch.setattr(connections, "close_all", lambda: None)
 
     path = write(tmp_path, BASE.replace('kind = "remote"', 'kind = "nope"', 1))
     with pytest.raises(SystemExit) as info:
