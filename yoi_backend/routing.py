@@ -4,4 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-websocket_urlpatterns: list[Any] = []
+from workers.routing import websocket_urlpatterns as worker_patterns
+
+websocket_urlpatterns: list[Any] = [*worker_patterns]

@@ -103,8 +103,10 @@ class EmbeddedRuntimeHandle:
                 )
                 try:
                     core.open()
-                except StoreError as exc:
-                    # The message of a StoreError names paths: it stays out of logs and answers.
+                except (StoreError, OSError) as exc:
+                    # A failure after the lock was taken must not leave the store locked by a core nobody holds.
+                    core.close()
+                    # The message of a StoreError or OSError names paths: it stays out of logs and answers.
                     logger.warning("runtimes.embedded.store_unavailable", extra={"runtime_id": self.runtime_id})
                     raise RuntimeUnreachable(
                         runtime_id=self.runtime_id,

@@ -1,0 +1,263 @@
+"""Health: probes record status + capabilities on rows, run in parallel; cached reads stay off the network."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+from pytest_django.fixtures import Settings as SettingsWrapper
+
+from runtimes.errors import RuntimeNotFound, RuntimeUnreachable
+from runtimes.health import probe_runtimes, runtime_call, runtime_probe
+from runtimes.models import Runtime
+from runtimes.registry import registry
+from runtimes.selectors import runtime_get_visible, runtime_list_visible
+from tests.runtimes.conftest import Listener, ListenerFactory, free_port
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("isolated_data_dir")]
+
+TOKEN_ENV = "YOI_TEST_HEALTH_TOKEN"
+TOKEN_VALUE = "health-token-71d3e0aa-never-shown"
+UNSET_TOKEN_ENV = "YOI_TEST_HEALTH_UNSET_TOKEN"
+SHORT_TIMEOUT = 0.5
+
+
+@pytest.fixture(autouse=True)
+def token_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(TOKEN_ENV, TOKEN_VALUE)
+    monkeypatch.delenv(UNSET_TOKEN_ENV, raising=False)
+
+
+@pytest.fixture
+def user(db: None) -> User:
+    return User.objects.create_user("hana", "hana@example.invalid", "hana-pw-for-tests")
+
+
+def embedded_row(runtime_id: str = "emb", **fields: Any) -> Runtime:
+    return Runtime.objects.create(runtime_id=runtime_id, display_name=runtime_id, kind=Runtime.Kind.EMBEDDED, **fields)
+
+
+def remote_row(runtime_id: str, base_url: str, **fields: Any) -> Runtime:
+    fields.setdefault("token_ref", f"env:{TOKEN_ENV}")
+    fields.setdefault("connect_timeout", SHORT_TIMEOUT)
+    fields.setdefault("read_timeout", SHORT_TIMEOUT)
+    return Runtime.objects.create(
+        runtime_id=runtime_id, display_name=runtime_id, kind=Runtime.Kind.REMOTE, base_url=base_url, **fields
+    )
+
+
+def refused_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def test_probe_of_embedded_runtime_marks_it_online_with_capabilities() -> None:
+    embedded_row()
+    before = timezone.now()
+    [result] = probe_runtimes()
+    assert (result.runtime_id, result.state, result.error_code) == ("emb", "online", "")
+    assert result.latency_ms >= 0
+    row = Runtime.objects.get(runtime_id="emb")
+    assert row.status == "online"
+    assert row.status_error_code == ""
+    assert row.consecutive_failures == 0
+    assert row.last_seen_at is not None and row.last_seen_at >= before
+    assert row.checked_at is not None and row.checked_at >= before
+    profiles = {profile["name"] for profile in row.capabilities["profiles"]}
+    assert "builtin:echo" in profiles
+    assert row.capabilities["protocol_version"] == "1"
+
+
+def test_probe_clears_a_previous_failure() -> None:
+    embedded_row(status="offline", status_error_code="runtime_unreachable", consecutive_failures=3)
+    runtime_probe(runtime_id="emb")
+    row = Runtime.objects.get(runtime_id="emb")
+    assert (row.status, row.status_error_code, row.consecutive_failures) == ("online", "", 0)
+
+
+def test_probe_of_refused_remote_marks_it_offline_and_counts_failures() -> None:
+    remote_row("dead", refused_url())
+    [result] = probe_runtimes()
+    assert (result.state, result.error_code) == ("offline", "runtime_unreachable")
+    row = Runtime.objects.get(runtime_id="dead")
+    assert (row.status, row.status_error_code, row.consecutive_failures) == ("offline", "runtime_unreachable", 1)
+    assert row.checked_at is not None
+    assert row.last_seen_at is None
+    probe_runtimes(runtime_ids=["dead"])
+    row.refresh_from_db()
+    assert row.consecutive_failures == 2
+
+
+def test_probe_with_unset_token_is_unauthorized_without_connecting(listener: Listener) -> None:
+    remote_row("no-token", listener.base_url, token_ref=f"env:{UNSET_TOKEN_ENV}")
+    [result] = probe_runtimes()
+    assert (result.state, result.error_code) == ("unauthorized", "runtime_auth_failed")
+    row = Runtime.objects.get(runtime_id="no-token")
+    assert (row.status, row.status_error_code, row.consecutive_failures) == (
+        "unauthorized",
+        "runtime_auth_failed",
+        1,
+    )
+    assert listener.connections() == 0
+
+
+def test_probe_of_disabled_runtime_makes_no_connection_and_leaves_the_row(listener: Listener) -> None:
+    remote_row("off", listener.base_url, enabled=False)
+    [result] = probe_runtimes()
+    assert (result.state, result.error_code) == ("disabled", "runtime_disabled")
+    row = Runtime.objects.get(runtime_id="off")
+    assert (row.status, row.checked_at, row.consecutive_failures) == ("configured", None, 0)
+    assert listener.connections() == 0
+
+
+def test_probes_run_in_parallel(listener_factory: ListenerFactory) -> None:
+    listeners = [listener_factory() for _ in range(5)]
+    for index, listener in enumerate(listeners):
+        remote_row(f"slow-{index}", listener.base_url)
+    started = time.monotonic()
+    results = probe_runtimes()
+    elapsed = time.monotonic() - started
+    assert [(r.state, r.error_code) for r in results] == [("offline", "runtime_timeout")] * 5
+    assert all(listener.connections() == 1 for listener in listeners)
+    assert elapsed < 2 * SHORT_TIMEOUT + 0.5, f"5 probes of {SHORT_TIMEOUT} s took {elapsed:.2f} s"
+    assert set(Runtime.objects.values_list("status_error_code", flat=True)) == {"runtime_timeout"}
+
+
+def test_probe_runtimes_command_prints_one_line_per_runtime() -> None:
+    embedded_row("emb")
+    remote_row("dead", refused_url())
+    out = StringIO()
+    call_command("probe_runtimes", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("dead: offline runtime_unreachable (")
+    assert lines[1].startswith("emb: online (")
+    assert all(line.endswith(" ms)") for line in lines)
+    assert Runtime.objects.get(runtime_id="emb").status == "online"
+
+
+def test_probe_runtimes_command_probes_only_the_given_ids() -> None:
+    embedded_row("emb")
+    remote_row("dead", refused_url())
+    out = StringIO()
+    call_command("probe_runtimes", "emb", stdout=out)
+    assert [line.split(":")[0] for line in out.getvalue().splitlines()] == ["emb"]
+    assert Runtime.objects.get(runtime_id="dead").checked_at is None
+
+
+def test_probe_runtimes_command_rejects_unknown_ids() -> None:
+    embedded_row("emb")
+    with pytest.raises(CommandError, match="unknown runtime ids: ghost"):
+        call_command("probe_runtimes", "emb", "ghost", stdout=StringIO())
+    assert Runtime.objects.get(runtime_id="emb").checked_at is None
+
+
+def test_probe_runtimes_command_with_no_runtimes() -> None:
+    out = StringIO()
+    call_command("probe_runtimes", stdout=out)
+    assert out.getvalue().strip() == "no runtimes registered"
+
+
+def test_command_output_carries_no_address_or_token() -> None:
+    port = free_port()
+    remote_row("dead", f"http://127.0.0.1:{port}")
+    out = StringIO()
+    call_command("probe_runtimes", stdout=out)
+    assert str(port) not in out.getvalue() and TOKEN_VALUE not in out.getvalue()
+
+
+# ------------------------------------------------------------------------------ runtime_call records status
+
+
+def test_runtime_call_failure_marks_the_row_at_once() -> None:
+    remote_row("dead", refused_url())
+    with pytest.raises(RuntimeUnreachable):
+        runtime_call("dead", lambda handle: handle.list_workers())
+    row = Runtime.objects.get(runtime_id="dead")
+    assert (row.status, row.status_error_code, row.consecutive_failures) == ("offline", "runtime_unreachable", 1)
+
+
+def test_runtime_call_success_marks_the_row_online_at_most_once_per_interval() -> None:
+    embedded_row()
+    assert runtime_call("emb", lambda handle: handle.list_workers()) == []
+    row = Runtime.objects.get(runtime_id="emb")
+    assert row.status == "online" and row.last_seen_at is not None
+    Runtime.objects.filter(runtime_id="emb").update(status="offline")
+    runtime_call("emb", lambda handle: handle.list_workers())
+    assert Runtime.objects.get(runtime_id="emb").status == "offline"  # no write on the hot path
+
+
+# ------------------------------------------------------------------------------------- stale-on-read
+
+
+def test_get_visible_probes_a_never_checked_runtime(user: User) -> None:
+    embedded_row()
+    view = runtime_get_visible(runtime_id="emb", user=user)
+    assert view.state == "online"
+    assert view.checked_at is not None and view.last_seen_at is not None
+    assert view.capabilities.profiles is not None
+    assert "builtin:echo" in {profile.name for profile in view.capabilities.profiles}
+
+
+def test_get_visible_reprobes_when_stale(user: User, listener: Listener, settings: SettingsWrapper) -> None:
+    settings.YOI_STATUS_STALE_SECONDS = 30
+    old = timezone.now() - timedelta(seconds=60)
+    remote_row("slow", listener.base_url, status="online", checked_at=old, last_seen_at=old)
+    view = runtime_get_visible(runtime_id="slow", user=user)
+    assert listener.connections() == 1
+    assert (view.state, view.error_code) == ("offline", "runtime_timeout")
+    assert view.checked_at is not None and view.checked_at > old
+    assert view.last_seen_at == old
+
+
+def test_get_visible_uses_the_cache_when_fresh(user: User, listener: Listener, settings: SettingsWrapper) -> None:
+    settings.YOI_STATUS_STALE_SECONDS = 30
+    recent = timezone.now() - timedelta(seconds=5)
+    remote_row("fresh", listener.base_url, status="online", checked_at=recent, last_seen_at=recent)
+    view = runtime_get_visible(runtime_id="fresh", user=user)
+    assert (view.state, view.checked_at) == ("online", recent)
+    assert listener.connections() == 0
+
+
+def test_get_visible_does_not_probe_a_disabled_runtime(user: User, listener: Listener) -> None:
+    remote_row("off", listener.base_url, enabled=False)
+    view = runtime_get_visible(runtime_id="off", user=user)
+    assert (view.state, view.enabled) == ("disabled", False)
+    assert listener.connections() == 0
+
+
+def test_list_visible_makes_no_upstream_call(user: User, listener_factory: ListenerFactory) -> None:
+    listeners = [listener_factory() for _ in range(3)]
+    for index, listener in enumerate(listeners):
+        remote_row(f"rt-{index}", listener.base_url)  # never checked: stale, yet listing must not probe
+    views = runtime_list_visible(user=user)
+    assert [view.runtime_id for view in views] == ["rt-0", "rt-1", "rt-2"]
+    assert {view.state for view in views} == {"configured"}
+    assert [listener.connections() for listener in listeners] == [0, 0, 0]
+
+
+# ------------------------------------------------------------------------------------------- visibility
+
+
+def test_visibility_follows_groups(user: User) -> None:
+    team = Group.objects.create(name="team")
+    member = User.objects.create_user("mika", "mika@example.invalid", "mika-pw-for-tests")
+    member.groups.add(team)
+    staff = User.objects.create_user("sora", "sora@example.invalid", "sora-pw-for-tests", is_staff=True)
+    embedded_row("open")
+    embedded_row("private").groups.add(team)
+
+    assert [view.runtime_id for view in runtime_list_visible(user=user)] == ["open"]
+    assert [view.runtime_id for view in runtime_list_visible(user=member)] == ["open", "private"]
+    assert [view.runtime_id for view in runtime_list_visible(user=staff)] == ["open", "private"]
+    with pytest.raises(RuntimeNotFound) as caught:
+        runtime_get_visible(runtime_id="private", user=user)
+    assert caught.value.runtime_id == "private"
+    with pytest.raises(RuntimeNotFound):
+        runtime_get_visible(runtime_id="nope", user=user)
+    assert registry.connections()["private"].group_ids == frozenset({team.pk})

@@ -1,0 +1,115 @@
+"""The browser's event socket: ``WS /ws/runtimes/{runtime_id}/workers/{worker_id}/events/?after=<seq>``.
+
+Observation only: the socket relays a worker's events; commands go through REST. It is accepted only
+after authentication, visibility and the worker lookup succeed (an anonymous socket is refused at the
+handshake with 4401); a failed lookup is told as one error frame, then a close with 4000 + status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from runtimes.errors import InvalidRequest, YoiError
+from runtimes.types import WorkerDetail
+from workers.backpressure import pending_write_bytes
+from workers.frames import error_frame
+from workers.relay import Subscriber, relay_hub
+from workers.serializers import id_errors
+from workers.services import worker_get
+
+logger = logging.getLogger(__name__)
+
+ANONYMOUS_CLOSE_CODE = 4401
+MAX_AFTER = 2**53 - 1
+# A browser with more than this many bytes sent but not yet read is slow: frames wait in its bounded queue.
+WRITE_HIGH_WATER = 256 * 1024
+DRAIN_POLL_SECONDS = 0.02
+
+_worker_get = database_sync_to_async(worker_get, thread_sensitive=False)
+
+
+def parse_after(query_string: bytes) -> int | None:
+    """The ``after`` cursor of the query string (absent = live only); InvalidRequest when malformed."""
+    values = parse_qs(query_string.decode("latin-1")).get("after")
+    if not values:
+        return None
+    raw = values[-1]
+    if not raw.isascii() or not raw.isdigit() or int(raw) > MAX_AFTER:
+        raise InvalidRequest(fields={"after": ["must be an integer >= 0"]})
+    return int(raw)
+
+
+def starting_cursor(after: int | None, worker: WorkerDetail) -> int:
+    """Where the relay starts for this browser: its cursor, or live (a finished worker still tells its end)."""
+    if after is not None:
+        return after
+    last = worker.last_seq or 0
+    return max(0, last - 1) if worker.status != "running" else last
+
+
+class WorkerEventsConsumer(AsyncJsonWebsocketConsumer):
+    """Relays one worker's events to one browser."""
+
+    subscriber: Subscriber | None = None
+    sender: asyncio.Task[None] | None = None
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=ANONYMOUS_CLOSE_CODE)
+            return
+        kwargs = self.scope["url_route"]["kwargs"]
+        runtime_id, worker_id = kwargs["runtime_id"], kwargs["worker_id"]
+        try:
+            fields = id_errors(runtime_id=runtime_id, worker_id=worker_id)
+            if fields:
+                raise InvalidRequest(runtime_id=None, fields=fields)
+            after = parse_after(self.scope.get("query_string", b""))
+            # Visibility first (an invisible runtime is never contacted), then the worker must exist.
+            worker = await _worker_get(runtime_id=runtime_id, worker_id=worker_id, user=user)
+        except YoiError as error:
+            await self.accept()
+            await self.send_error(error)
+            return
+        await self.accept()
+        self.subscriber = relay_hub.subscribe(runtime_id, worker_id, after=starting_cursor(after, worker))
+        self.sender = asyncio.create_task(self._send_frames(self.subscriber))
+
+    async def _send_frames(self, subscriber: Subscriber) -> None:
+        """Send queued frames in order, waiting while the browser's transport is backed up."""
+        while True:
+            frame = await subscriber.queue.get()
+            if frame is None:
+                await self.close(code=subscriber.close_code or 1000)
+                return
+            while (pending_write_bytes(self.base_send) or 0) > WRITE_HIGH_WATER:
+                await asyncio.sleep(DRAIN_POLL_SECONDS)
+            await self.send(text_data=frame)
+
+    async def send_error(self, error: YoiError) -> None:
+        """THE WebSocket rendering of a typed error: one error frame, then close with 4000 + status."""
+        frame, code = error_frame(error)
+        await self.send(text_data=frame)
+        await self.close(code=code)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
+        """Observation only: anything a browser sends is answered with an error frame; the socket stays."""
+        frame, _ = error_frame(InvalidRequest(message="this socket is observation-only: send commands via REST"))
+        await self.send(text_data=frame)
+
+    async def disconnect(self, code: int) -> None:
+        if self.subscriber is not None:
+            relay_hub.unsubscribe(self.subscriber)
+            self.subscriber = None
+        if self.sender is not None:
+            self.sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.sender
+            self.sender = None

@@ -1,0 +1,51 @@
+"""The frames a browser receives on a worker's event socket (DESIGN §6), encoded once as JSON text."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from runtimes.errors import YoiError
+from runtimes.types import WorkerEvent
+
+# A WebSocket close code carries the HTTP status of the error that ended the socket.
+CLOSE_CODE_BASE = 4000
+
+
+def _text(frame: dict[str, Any]) -> str:
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+
+
+def event_frame(event: WorkerEvent) -> str:
+    """``{"type": "event", runtime_id, worker_id, seq, event, data, ts}``."""
+    return _text(
+        {
+            "type": "event",
+            "runtime_id": event.runtime_id,
+            "worker_id": event.worker_id,
+            "seq": event.seq,
+            "event": event.event,
+            "data": event.data,
+            "ts": event.ts,
+        }
+    )
+
+
+def state_frame(upstream: str, *, reason: str | None = None, retry_in: float | None = None) -> str:
+    """``{"type": "state", "upstream": connected|reconnecting|unavailable, "reason"?, "retry_in"?}``."""
+    frame: dict[str, Any] = {"type": "state", "upstream": upstream}
+    if reason is not None:
+        frame["reason"] = reason
+    if retry_in is not None:
+        frame["retry_in"] = round(retry_in, 2)
+    return _text(frame)
+
+
+def reset_frame(reason: str, earliest_seq: int) -> str:
+    """``{"type": "reset", reason, earliest_seq}``: events before ``earliest_seq`` will not come."""
+    return _text({"type": "reset", "reason": reason, "earliest_seq": earliest_seq})
+
+
+def error_frame(error: YoiError) -> tuple[str, int]:
+    """THE WebSocket mapping of a typed error: the frame and the close code (4000 + HTTP status)."""
+    return _text({"type": "error", "error": error.to_json()}), CLOSE_CODE_BASE + error.http_status

@@ -1,0 +1,426 @@
+"""The event relay: one backend-owned upstream per watched worker per process, fanned out to browsers.
+
+A ``WorkerRelay`` owns the upstream event stream of one ``(runtime_id, worker_id)``: it is started by the
+first subscriber and closed shortly after the last one leaves. The upstream is read on a thread of its
+own (the handles are blocking) and every item is handed to the event loop, where all relay state lives,
+so nothing here needs a lock.
+
+Each ``Subscriber`` (one per browser socket) has a cursor, ``next_seq``: an event is delivered only when
+its seq is the one the subscriber expects, so duplicates are dropped and a gap is repaired — from the
+relay's bounded buffer, or from the runtime with a short catch-up stream — before anything later is sent.
+The upstream reconnects with capped exponential backoff and full jitter, resuming after the last seq it
+delivered, and every transition is told to browsers as a ``state`` frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections
+
+from runtimes.errors import (
+    InvalidRequest,
+    RuntimeBadResponse,
+    RuntimeDisabled,
+    RuntimeNotFound,
+    WorkerNotFound,
+    YoiError,
+)
+from runtimes.handles.base import EventStream
+from runtimes.registry import registry
+from runtimes.types import StreamReset, WorkerEvent
+from workers.frames import error_frame, event_frame, reset_frame, state_frame
+
+logger = logging.getLogger(__name__)
+
+FINAL_EVENT = "worker_exited"
+# Errors after which retrying cannot help: the browser gets the error and the socket closes.
+TERMINAL_ERRORS: tuple[type[YoiError], ...] = (RuntimeNotFound, RuntimeDisabled, WorkerNotFound, InvalidRequest)
+# After this many failed attempts in a row the upstream is reported "unavailable" instead of "reconnecting".
+UNAVAILABLE_AFTER = 3
+CATCH_UP_TIMEOUT = 30.0
+
+
+def _setting(name: str, default: float) -> float:
+    return float(getattr(settings, name, default))
+
+
+class Subscriber:
+    """One browser's view of a relay: its cursor and its bounded queue of frames (``None`` = close)."""
+
+    def __init__(self, runtime_id: str, worker_id: str, *, after: int, max_frames: int) -> None:
+        self.runtime_id = runtime_id
+        self.worker_id = worker_id
+        self.next_seq = after + 1
+        self.max_frames = max_frames
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self.repairing = False
+        self.closed = False
+        self.close_code: int | None = None
+        self.resets = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"Subscriber(runtime_id={self.runtime_id!r}, worker_id={self.worker_id!r}, next_seq={self.next_seq})"
+        )
+
+    def push_event(self, seq: int, frame: str) -> None:
+        """Queue the event the cursor expects; a browser too slow to keep its queue bounded gets a reset."""
+        if self.queue.qsize() >= self.max_frames:
+            # Drop what it has not taken: it learns where the stream goes on and re-pages the rest.
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(reset_frame("slow_consumer", seq))
+            self.resets += 1
+            logger.info(
+                "workers.relay.slow_consumer_reset",
+                extra={"runtime_id": self.runtime_id, "worker_id": self.worker_id, "seq": seq},
+            )
+        self.queue.put_nowait(frame)
+        self.next_seq = seq + 1
+
+    def push_control(self, frame: str) -> None:
+        """Queue a frame outside the event sequence (state, reset, error)."""
+        if not self.closed:
+            self.queue.put_nowait(frame)
+
+    def finish(self, close_code: int = 1000) -> None:
+        """Close the socket once every queued frame is sent."""
+        if not self.closed:
+            self.closed = True
+            self.close_code = close_code
+            self.queue.put_nowait(None)
+
+
+@dataclass
+class _Buffered:
+    seq: int
+    frame: str
+    event: str
+
+
+@dataclass
+class WorkerRelay:
+    """The relay of one worker in this process (see the module docstring)."""
+
+    runtime_id: str
+    worker_id: str
+    hub: RelayHub
+    loop: asyncio.AbstractEventLoop
+    last_seq: int
+    subscribers: set[Subscriber] = field(default_factory=set)
+    buffer: deque[_Buffered] = field(default_factory=deque)
+    state: str = "connecting"
+    final_seq: int | None = None
+    failures: int = 0
+    generation: int = 0
+    upstreams_opened: int = 0
+    _stream: EventStream | None = None
+    _retry: asyncio.TimerHandle | None = None
+    _linger: asyncio.TimerHandle | None = None
+    _closed: bool = False
+
+    def __repr__(self) -> str:
+        return f"WorkerRelay(runtime_id={self.runtime_id!r}, worker_id={self.worker_id!r}, state={self.state!r})"
+
+    # ------------------------------------------------------------------------------------ subscribers
+
+    def add(self, subscriber: Subscriber) -> None:
+        """Attach a browser; it gets the current state, then every event after its cursor."""
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        self.subscribers.add(subscriber)
+        if self.state != "connecting":
+            subscriber.push_control(state_frame(self.state))
+        if subscriber.next_seq <= self.last_seq:
+            self._repair(subscriber)
+        self._maybe_finish(subscriber)
+
+    def remove(self, subscriber: Subscriber) -> None:
+        """Detach a browser; the upstream closes a little after the last one leaves."""
+        subscriber.closed = True
+        self.subscribers.discard(subscriber)
+        if not self.subscribers and not self._closed:
+            linger = _setting("YOI_RELAY_LINGER_SECONDS", 2.0)
+            self._linger = self.loop.call_later(linger, self.close)
+
+    def _broadcast(self, frame: str) -> None:
+        for subscriber in self.subscribers:
+            subscriber.push_control(frame)
+
+    def _feed(self, subscriber: Subscriber, item: _Buffered) -> None:
+        if subscriber.repairing or subscriber.closed or item.seq < subscriber.next_seq:
+            return  # repairing: the repair reads the buffer; older: a duplicate
+        if item.seq > subscriber.next_seq:
+            self._repair(subscriber)  # a gap: fill it before anything later goes out
+            return
+        subscriber.push_event(item.seq, item.frame)
+        self._maybe_finish(subscriber)
+
+    def _maybe_finish(self, subscriber: Subscriber) -> None:
+        if self.final_seq is not None and subscriber.next_seq > self.final_seq and not subscriber.repairing:
+            subscriber.finish()
+
+    # ------------------------------------------------------------------------------------ gap repair
+
+    def _repair(self, subscriber: Subscriber) -> None:
+        if not subscriber.repairing:
+            subscriber.repairing = True
+            self.loop.create_task(self._run_repair(subscriber))
+
+    async def _run_repair(self, subscriber: Subscriber) -> None:
+        try:
+            while subscriber.next_seq <= self.last_seq and not subscriber.closed:
+                first = self.buffer[0].seq if self.buffer else self.last_seq + 1
+                if subscriber.next_seq >= first:
+                    # From the buffer, synchronously: no event can slip in between.
+                    for item in list(self.buffer)[subscriber.next_seq - first :]:
+                        subscriber.push_event(item.seq, item.frame)
+                    continue
+                await self._catch_up(subscriber, until=first - 1)
+        except Exception:
+            logger.exception("workers.relay.repair_failed", extra=self._ids())
+            subscriber.push_control(reset_frame("history_unavailable", self.last_seq + 1))
+            subscriber.next_seq = self.last_seq + 1
+        finally:
+            subscriber.repairing = False
+        self._maybe_finish(subscriber)
+
+    async def _catch_up(self, subscriber: Subscriber, *, until: int) -> None:
+        """Fetch ``subscriber.next_seq .. until`` from the runtime (older than the buffer)."""
+        start = subscriber.next_seq
+        try:
+            items = await asyncio.to_thread(self._fetch, after=start - 1, until=until)
+        except YoiError as error:
+            logger.info("workers.relay.catch_up_failed", extra={**self._ids(), "code": error.code})
+            items = []
+        for item in items:
+            if isinstance(item, StreamReset):
+                if item.earliest_seq > subscriber.next_seq:
+                    subscriber.push_control(reset_frame(item.reason, item.earliest_seq))
+                    subscriber.next_seq = item.earliest_seq
+            elif item.seq == subscriber.next_seq:
+                subscriber.push_event(item.seq, event_frame(item))
+        if subscriber.next_seq == start:
+            # The runtime could not give the missing events: say so, and go on from what the buffer has.
+            resume = min(until + 1, self.last_seq + 1)
+            subscriber.push_control(reset_frame("history_unavailable", resume))
+            subscriber.next_seq = resume
+
+    def _fetch(self, *, after: int, until: int) -> list[WorkerEvent | StreamReset]:
+        """A short second stream from the runtime, read up to seq ``until`` (runs on a worker thread)."""
+        items: list[WorkerEvent | StreamReset] = []
+        try:
+            stream = registry.call(self.runtime_id, lambda handle: handle.open_events(self.worker_id, after=after))
+            watchdog = threading.Timer(CATCH_UP_TIMEOUT, stream.close)
+            watchdog.start()
+            try:
+                for item in stream:
+                    items.append(item)
+                    if isinstance(item, WorkerEvent) and (item.seq >= until or item.event == FINAL_EVENT):
+                        break
+            finally:
+                watchdog.cancel()
+                stream.close()
+        except YoiError:
+            if not items:
+                raise
+        finally:
+            close_old_connections()
+        return items
+
+    # ------------------------------------------------------------------------------------ upstream
+
+    def start(self) -> None:
+        """Open the upstream (on its own thread), resuming after ``last_seq``."""
+        if self._closed or self.final_seq is not None:
+            return
+        self._retry = None
+        self.generation += 1
+        self.upstreams_opened += 1
+        generation, after = self.generation, self.last_seq
+        thread = threading.Thread(
+            target=self._read_upstream, args=(generation, after), name="relay-upstream", daemon=True
+        )
+        thread.start()
+
+    def _read_upstream(self, generation: int, after: int) -> None:
+        """The upstream thread: open, read every item, report how it ended; never touches relay state."""
+        error: YoiError | None = None
+        try:
+            stream = registry.call(self.runtime_id, lambda handle: handle.open_events(self.worker_id, after=after))
+            self._to_loop(self._on_connected, generation, stream)
+            for item in stream:
+                self._to_loop(self._on_item, generation, item)
+        except YoiError as exc:
+            error = exc
+        except Exception:
+            logger.exception("workers.relay.upstream_crashed", extra=self._ids())
+            error = RuntimeBadResponse(runtime_id=self.runtime_id, worker_id=self.worker_id)
+        finally:
+            close_old_connections()
+        self._to_loop(self._on_upstream_end, generation, error)
+
+    def _to_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        # RuntimeError: the loop is gone (process shutting down) and nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(callback, *args)
+
+    def _on_connected(self, generation: int, stream: EventStream) -> None:
+        if generation != self.generation or self._closed:
+            stream.close()
+            return
+        self._stream = stream
+        self.failures = 0
+        self._set_state("connected")
+
+    def _on_item(self, generation: int, item: WorkerEvent | StreamReset) -> None:
+        if generation != self.generation or self._closed:
+            return
+        if isinstance(item, StreamReset):
+            self._on_reset(item)
+            return
+        if item.seq <= self.last_seq:
+            return  # a resumed upstream repeating what we have
+        if item.seq != self.last_seq + 1:
+            self.buffer.clear()  # continuity broken (history expired upstream): the buffer restarts here
+        self.last_seq = item.seq
+        buffered = _Buffered(item.seq, event_frame(item), item.event)
+        self.buffer.append(buffered)
+        while len(self.buffer) > int(_setting("YOI_RELAY_BUFFER_EVENTS", 4096)):
+            self.buffer.popleft()
+        if item.event == FINAL_EVENT:
+            self.final_seq = item.seq
+        for subscriber in list(self.subscribers):
+            self._feed(subscriber, buffered)
+
+    def _on_reset(self, reset: StreamReset) -> None:
+        """The runtime no longer has what we asked for: everyone behind ``earliest_seq`` is told."""
+        self.buffer.clear()
+        self.last_seq = max(self.last_seq, reset.earliest_seq - 1)
+        for subscriber in self.subscribers:
+            if subscriber.next_seq < reset.earliest_seq:
+                subscriber.push_control(reset_frame(reset.reason, reset.earliest_seq))
+                subscriber.next_seq = reset.earliest_seq
+
+    def _on_upstream_end(self, generation: int, error: YoiError | None) -> None:
+        if generation != self.generation or self._closed:
+            return
+        self._stream = None
+        if self.final_seq is not None:
+            return  # the worker exited: nothing more will ever come
+        if isinstance(error, TERMINAL_ERRORS):
+            frame, code = error_frame(error)
+            for subscriber in list(self.subscribers):
+                subscriber.push_control(frame)
+                subscriber.finish(code)
+            self.close()
+            return
+        reason = error.code if error is not None else "stream_ended"
+        self.failures += 1
+        delay = self._backoff(error)
+        self._set_state("unavailable" if self.failures >= UNAVAILABLE_AFTER else "reconnecting", reason, delay)
+        self._retry = self.loop.call_later(delay, self.start)
+        logger.info("workers.relay.upstream_lost", extra={**self._ids(), "code": reason, "retry_in": delay})
+
+    def _backoff(self, error: YoiError | None) -> float:
+        base = _setting("YOI_RELAY_BACKOFF_BASE", 0.5)
+        cap = _setting("YOI_RELAY_BACKOFF_CAP", 15.0)
+        ceiling = min(cap, base * 2 ** (self.failures - 1))
+        delay = random.uniform(ceiling / 2, ceiling)
+        retry_after = getattr(error, "retry_after", None)
+        return max(delay, float(retry_after)) if retry_after else delay
+
+    def _set_state(self, state: str, reason: str | None = None, retry_in: float | None = None) -> None:
+        if state == self.state and state == "connected":
+            return
+        self.state = state
+        self._broadcast(state_frame(state, reason=reason, retry_in=retry_in))
+
+    def close(self) -> None:
+        """Stop the upstream and forget this relay; remaining subscribers are closed."""
+        if self._closed:
+            return
+        self._closed = True
+        self.generation += 1
+        for handle in (self._retry, self._linger):
+            if handle is not None:
+                handle.cancel()
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+        for subscriber in list(self.subscribers):
+            subscriber.finish(1001)
+        self.subscribers.clear()
+        self.hub.forget(self)
+        logger.info("workers.relay.closed", extra=self._ids())
+
+    def _ids(self) -> dict[str, str]:
+        return {"runtime_id": self.runtime_id, "worker_id": self.worker_id}
+
+
+class RelayHub:
+    """Every relay of this process, by ``(runtime_id, worker_id)``; bound to the event loop it runs on."""
+
+    def __init__(self) -> None:
+        self._relays: dict[tuple[str, str], WorkerRelay] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"RelayHub(relays={len(self._relays)})"
+
+    def relays(self) -> Iterable[WorkerRelay]:
+        """The live relays (for tests and diagnostics)."""
+        return list(self._relays.values())
+
+    def subscribe(self, runtime_id: str, worker_id: str, *, after: int) -> Subscriber:
+        """Attach a browser to the worker's relay (creating it and its upstream if it is the first)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._relays.clear()  # relays of another (finished) loop cannot be reused
+            self._loop = loop
+        subscriber = Subscriber(
+            runtime_id, worker_id, after=after, max_frames=int(_setting("YOI_RELAY_SUBSCRIBER_FRAMES", 2048))
+        )
+        key = (runtime_id, worker_id)
+        relay = self._relays.get(key)
+        if relay is None:
+            relay = WorkerRelay(runtime_id=runtime_id, worker_id=worker_id, hub=self, loop=loop, last_seq=after)
+            self._relays[key] = relay
+            relay.add(subscriber)
+            relay.start()
+        else:
+            relay.add(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        """Detach a browser."""
+        relay = self._relays.get((subscriber.runtime_id, subscriber.worker_id))
+        if relay is not None:
+            relay.remove(subscriber)
+
+    def forget(self, relay: WorkerRelay) -> None:
+        """Drop a closed relay."""
+        key = (relay.runtime_id, relay.worker_id)
+        if self._relays.get(key) is relay:
+            del self._relays[key]
+
+    def reset(self) -> None:
+        """Close every relay (tests)."""
+        for relay in list(self._relays.values()):
+            relay.close()
+        self._relays.clear()
+        self._loop = None
+
+
+relay_hub = RelayHub()
