@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import threading
@@ -38,6 +39,7 @@ from runtimes.errors import (
 from runtimes.handles.base import EventStream
 from runtimes.registry import registry
 from runtimes.types import StreamReset, WorkerEvent
+from workers.cluster import ClusterLink, cluster_enabled
 from workers.frames import error_frame, event_frame, reset_frame, state_frame
 
 logger = logging.getLogger(__name__)
@@ -124,6 +126,7 @@ class WorkerRelay:
     failures: int = 0
     generation: int = 0
     upstreams_opened: int = 0
+    cluster: ClusterLink | None = None
     _stream: EventStream | None = None
     _retry: asyncio.TimerHandle | None = None
     _linger: asyncio.TimerHandle | None = None
@@ -242,10 +245,18 @@ class WorkerRelay:
     # ------------------------------------------------------------------------------------ upstream
 
     def start(self) -> None:
+        """Begin relaying: open the upstream, or in cluster mode compete for it (see workers.cluster)."""
+        if cluster_enabled():
+            self.cluster = ClusterLink(self)
+            self.cluster.begin()
+        else:
+            self.open_upstream()
+
+    def open_upstream(self) -> None:
         """Open the upstream (on its own thread), resuming after ``last_seq``."""
-        if self._closed or self.final_seq is not None:
-            return
         self._retry = None
+        if self._closed or self.final_seq is not None or (self.cluster is not None and not self.cluster.leader):
+            return
         self.generation += 1
         self.upstreams_opened += 1
         generation, after = self.generation, self.last_seq
@@ -290,17 +301,27 @@ class WorkerRelay:
         if isinstance(item, StreamReset):
             self._on_reset(item)
             return
-        if item.seq <= self.last_seq:
-            return  # a resumed upstream repeating what we have
-        if item.seq != self.last_seq + 1:
-            self.buffer.clear()  # continuity broken (history expired upstream): the buffer restarts here
-        self.last_seq = item.seq
-        buffered = _Buffered(item.seq, event_frame(item), item.event)
+        if item.seq > self.last_seq:
+            frame = event_frame(item)
+            self.accept(item.seq, frame, item.event)
+            if self.cluster is not None:
+                self.cluster.publish_event(item.seq, frame, item.event)
+
+    def accept(self, seq: int, frame: str, kind: str) -> None:
+        """Take one event (from the upstream, or from the cluster's leader) and feed every subscriber."""
+        if seq <= self.last_seq or self._closed:
+            return  # a resumed upstream, or a second leader, repeating what we have
+        if self.state == "connecting":
+            self._set_state("connected")  # a follower learns the upstream is up from its first event
+        if seq != self.last_seq + 1:
+            self.buffer.clear()  # continuity broken: the buffer restarts here; subscribers repair the gap
+        self.last_seq = seq
+        buffered = _Buffered(seq, frame, kind)
         self.buffer.append(buffered)
         while len(self.buffer) > int(_setting("YOI_RELAY_BUFFER_EVENTS", 4096)):
             self.buffer.popleft()
-        if item.event == FINAL_EVENT:
-            self.final_seq = item.seq
+        if kind == FINAL_EVENT:
+            self.final_seq = seq
         for subscriber in list(self.subscribers):
             self._feed(subscriber, buffered)
 
@@ -330,7 +351,7 @@ class WorkerRelay:
         self.failures += 1
         delay = self._backoff(error)
         self._set_state("unavailable" if self.failures >= UNAVAILABLE_AFTER else "reconnecting", reason, delay)
-        self._retry = self.loop.call_later(delay, self.start)
+        self._retry = self.loop.call_later(delay, self.open_upstream)
         logger.info("workers.relay.upstream_lost", extra={**self._ids(), "code": reason, "retry_in": delay})
 
     def _backoff(self, error: YoiError | None) -> float:
@@ -345,7 +366,27 @@ class WorkerRelay:
         if state == self.state and state == "connected":
             return
         self.state = state
-        self._broadcast(state_frame(state, reason=reason, retry_in=retry_in))
+        frame = state_frame(state, reason=reason, retry_in=retry_in)
+        self._broadcast(frame)
+        if self.cluster is not None:
+            self.cluster.publish_state(frame)
+
+    def mirror_state(self, frame: str) -> None:
+        """An upstream transition told by the cluster's leader."""
+        state = json.loads(frame).get("upstream")
+        if isinstance(state, str) and not (state == self.state == "connected"):
+            self.state = state
+            self._broadcast(frame)
+
+    def stop_upstream(self) -> None:
+        """Close the upstream without closing the relay (cluster mode: the lease went to another process)."""
+        self.generation += 1
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
 
     def close(self) -> None:
         """Stop the upstream and forget this relay; remaining subscribers are closed."""
@@ -353,6 +394,8 @@ class WorkerRelay:
             return
         self._closed = True
         self.generation += 1
+        if self.cluster is not None:
+            self.cluster.close()
         for handle in (self._retry, self._linger):
             if handle is not None:
                 handle.cancel()
