@@ -52,11 +52,13 @@ def status_for_error(error: YoiError) -> str:
     return "error"
 
 
-def _probe_upstream(runtime_id: str) -> tuple[RuntimeSummary | YoiError, float]:
-    """Ask the runtime for its summary; no database access (runs in pool threads)."""
+def _probe_upstream(runtime_id: str, *, refresh: bool = True) -> tuple[RuntimeSummary | YoiError, float]:
+    """Ask the runtime for its summary; with ``refresh=False`` no database access (runs in pool threads)."""
     started = time.perf_counter()
     try:
-        summary: RuntimeSummary = registry.call(runtime_id, lambda handle: handle.summary(), guarded=False)
+        summary: RuntimeSummary = registry.call(
+            runtime_id, lambda handle: handle.summary(), guarded=False, refresh=refresh
+        )
     except YoiError as error:
         return error, (time.perf_counter() - started) * 1000
     return summary, (time.perf_counter() - started) * 1000
@@ -96,7 +98,8 @@ def probe_runtimes(*, runtime_ids: list[str] | None = None) -> list[ProbeResult]
     if not ids:
         return []
     with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_PROBES, len(ids)), thread_name_prefix="probe") as pool:
-        outcomes = list(pool.map(_probe_upstream, ids))
+        # The rows were loaded just above: pool threads must not reload them (no database access there).
+        outcomes = list(pool.map(lambda runtime_id: _probe_upstream(runtime_id, refresh=False), ids))
     return [_record_probe(runtime_id, *outcome) for runtime_id, outcome in zip(ids, outcomes, strict=True)]
 
 

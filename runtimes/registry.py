@@ -126,16 +126,16 @@ class RuntimeRegistry:
                 self._drop_stale_handles()
             return self._connections
 
-    def connection(self, runtime_id: str) -> RuntimeConnection:
-        """One runtime row, or RuntimeNotFound."""
-        connection = self.connections().get(runtime_id)
+    def connection(self, runtime_id: str, *, refresh: bool = True) -> RuntimeConnection:
+        """One runtime row, or RuntimeNotFound. ``refresh=False`` never reads the database (pool threads)."""
+        connection = (self.connections() if refresh else self._connections).get(runtime_id)
         if connection is None:
             raise RuntimeNotFound(runtime_id=runtime_id)
         return connection
 
-    def get(self, runtime_id: str) -> RuntimeHandle:
+    def get(self, runtime_id: str, *, refresh: bool = True) -> RuntimeHandle:
         """The handle of an enabled runtime (built on first use, rebuilt when its row changed)."""
-        connection = self.connection(runtime_id)
+        connection = self.connection(runtime_id, refresh=refresh)
         if not connection.enabled:
             raise RuntimeDisabled(runtime_id=runtime_id)
         with self._lock:
@@ -157,13 +157,21 @@ class RuntimeRegistry:
                 breaker = self._breakers[runtime_id] = CircuitBreaker(runtime_id)
             return breaker
 
-    def call(self, runtime_id: str, operation: Callable[[RuntimeHandle], T], *, guarded: bool = True) -> T:
+    def call(
+        self,
+        runtime_id: str,
+        operation: Callable[[RuntimeHandle], T],
+        *,
+        guarded: bool = True,
+        refresh: bool = True,
+    ) -> T:
         """Run ``operation`` on the runtime's handle through its circuit breaker.
 
         Transport-class failures count against the runtime; any answer from it (even an error) counts for it.
-        ``guarded=False`` (probes) skips the fast-fail but still records the outcome.
+        ``guarded=False`` (probes) skips the fast-fail but still records the outcome. ``refresh=False`` uses
+        the rows already loaded, so a call from a pool thread never touches the database.
         """
-        handle = self.get(runtime_id)
+        handle = self.get(runtime_id, refresh=refresh)
         breaker = self.breaker(runtime_id)
         if guarded:
             breaker.before_call()

@@ -144,7 +144,7 @@ def worker_list_all(*, user: RequestUser) -> WorkerListing:
     def one(runtime_id: str) -> list[WorkerDetail] | RuntimeFailure:
         # No database access in pool threads: only the upstream call runs here.
         try:
-            return registry.call(runtime_id, lambda handle: handle.list_workers())
+            return registry.call(runtime_id, lambda handle: handle.list_workers(), refresh=False)
         except YoiError as error:
             return RuntimeFailure(runtime_id=runtime_id, code=error.code)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 from io import StringIO
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,7 +41,9 @@ def user(db: None) -> User:
 
 
 def embedded_row(runtime_id: str = "emb", **fields: Any) -> Runtime:
-    return Runtime.objects.create(runtime_id=runtime_id, display_name=runtime_id, kind=Runtime.Kind.EMBEDDED, **fields)
+    return Runtime.objects.create(
+        runtime_id=runtime_id, display_name=runtime_id, kind=Runtime.Kind.EMBEDDED, **fields
+    )
 
 
 def remote_row(runtime_id: str, base_url: str, **fields: Any) -> Runtime:
@@ -71,6 +74,19 @@ def test_probe_of_embedded_runtime_marks_it_online_with_capabilities() -> None:
     profiles = {profile["name"] for profile in row.capabilities["profiles"]}
     assert "builtin:echo" in profiles
     assert row.capabilities["protocol_version"] == "1"
+
+
+def test_probe_of_embedded_runtime_with_unusable_store_reports_unreachable(settings: SettingsWrapper) -> None:
+    data_dir = Path(settings.YOI_DATA_DIR)
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    data_dir.write_text("not a directory")
+    embedded_row()
+    out = StringIO()
+    call_command("probe_runtimes", stdout=out)
+    assert out.getvalue().startswith("emb: offline runtime_unreachable (")
+    assert str(data_dir) not in out.getvalue()
+    row = Runtime.objects.get(runtime_id="emb")
+    assert (row.status, row.status_error_code) == ("offline", "runtime_unreachable")
 
 
 def test_probe_clears_a_previous_failure() -> None:
@@ -116,16 +132,28 @@ def test_probe_of_disabled_runtime_makes_no_connection_and_leaves_the_row(listen
 
 
 def test_probes_run_in_parallel(listener_factory: ListenerFactory) -> None:
-    listeners = [listener_factory() for _ in range(5)]
+    count = 8
+    listeners = [listener_factory() for _ in range(count)]
     for index, listener in enumerate(listeners):
         remote_row(f"slow-{index}", listener.base_url)
     started = time.monotonic()
     results = probe_runtimes()
     elapsed = time.monotonic() - started
-    assert [(r.state, r.error_code) for r in results] == [("offline", "runtime_timeout")] * 5
+    assert [(r.state, r.error_code) for r in results] == [("offline", "runtime_timeout")] * count
     assert all(listener.connections() == 1 for listener in listeners)
-    assert elapsed < 2 * SHORT_TIMEOUT + 0.5, f"5 probes of {SHORT_TIMEOUT} s took {elapsed:.2f} s"
+    # One after the other they would take count * SHORT_TIMEOUT = 4 s.
+    assert elapsed < 4 * SHORT_TIMEOUT, f"{count} probes of {SHORT_TIMEOUT} s took {elapsed:.2f} s"
     assert set(Runtime.objects.values_list("status_error_code", flat=True)) == {"runtime_timeout"}
+
+
+def test_probe_threads_never_read_the_database(settings: SettingsWrapper) -> None:
+    # With no caching every lookup would reload the rows; pool threads must use the ones already loaded
+    # (on this non-transactional test database another thread cannot even see them).
+    settings.YOI_REGISTRY_REFRESH_SECONDS = 0
+    embedded_row("emb")
+    remote_row("dead", refused_url())
+    results = probe_runtimes()
+    assert [(r.runtime_id, r.state) for r in results] == [("dead", "offline"), ("emb", "online")]
 
 
 def test_probe_runtimes_command_prints_one_line_per_runtime() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from runtimes.errors import (
     RuntimeCircuitOpen,
     RuntimeDisabled,
     RuntimeNotFound,
+    RuntimeTimeout,
     RuntimeUnreachable,
     WorkerNotFound,
 )
@@ -63,6 +65,13 @@ class FactorySpy:
         return handle  # type: ignore[return-value]
 
 
+def get_fake(reg: RuntimeRegistry, runtime_id: str) -> FakeHandle:
+    """``reg.get(runtime_id)``, which in these tests is a handle built by the spy."""
+    handle = reg.get(runtime_id)
+    assert isinstance(handle, FakeHandle)
+    return handle
+
+
 @pytest.fixture
 def factory() -> FactorySpy:
     return FactorySpy()
@@ -99,7 +108,7 @@ def refused_url() -> str:
 
 def test_builds_a_handle_once_and_reuses_it(spy_registry: RuntimeRegistry, factory: FactorySpy) -> None:
     remote_row("rt-a", refused_url())
-    first = spy_registry.get("rt-a")
+    first = get_fake(spy_registry, "rt-a")
     assert spy_registry.get("rt-a") is first
     assert spy_registry.call("rt-a", lambda handle: handle) is first
     assert len(factory.built) == 1
@@ -142,11 +151,11 @@ def test_row_changes_wait_for_the_refresh_interval(
 ) -> None:
     settings.YOI_REGISTRY_REFRESH_SECONDS = 3600
     row = remote_row("rt-a", refused_url())
-    first = spy_registry.get("rt-a")
+    first = get_fake(spy_registry, "rt-a")
     row.base_url = refused_url()
     row.save()
     assert spy_registry.get("rt-a") is first  # the cached rows are still in force
-    assert not first.closed  # type: ignore[attr-defined]
+    assert not first.closed
 
 
 CHANGES: dict[str, Callable[[Runtime], None]] = {
@@ -164,15 +173,35 @@ def test_connection_change_rebuilds_the_handle_after_the_refresh_interval(
 ) -> None:
     settings.YOI_REGISTRY_REFRESH_SECONDS = 0.05
     row = remote_row("rt-a", refused_url())
-    first = spy_registry.get("rt-a")
+    first = get_fake(spy_registry, "rt-a")
     CHANGES[field](row)
     row.save()
     wait_until(lambda: spy_registry.get("rt-a") is not first, timeout=REBUILD_WAIT, message="a rebuilt handle")
-    assert first.closed  # type: ignore[attr-defined]
+    assert first.closed
     assert len(factory.built) == 2
     rebuilt = factory.built[1]
     assert spy_registry.get("rt-a") is rebuilt
     assert getattr(rebuilt.connection, field) == getattr(row, field)
+
+
+def test_new_base_url_reaches_the_new_address_after_the_refresh_interval(
+    listener: Listener, token_env: str, settings: SettingsWrapper
+) -> None:
+    settings.YOI_REGISTRY_REFRESH_SECONDS = 0.05
+    row = remote_row("rt-moved", refused_url(), read_timeout=0.3)
+    with pytest.raises(RuntimeUnreachable):
+        registry.call("rt-moved", lambda handle: handle.summary(), guarded=False)
+    old = registry.get("rt-moved")
+    row.base_url = listener.base_url
+    row.save()
+
+    def reached_listener() -> bool:
+        with contextlib.suppress(RuntimeUnreachable, RuntimeTimeout):
+            registry.call("rt-moved", lambda handle: handle.summary(), guarded=False)
+        return listener.connections() > 0
+
+    wait_until(reached_listener, timeout=REBUILD_WAIT, message="a call at the new address")
+    assert registry.get("rt-moved") is not old
 
 
 def test_display_name_change_keeps_the_handle(
@@ -180,7 +209,7 @@ def test_display_name_change_keeps_the_handle(
 ) -> None:
     settings.YOI_REGISTRY_REFRESH_SECONDS = 0.05
     row = remote_row("rt-a", refused_url())
-    first = spy_registry.get("rt-a")
+    first = get_fake(spy_registry, "rt-a")
     row.display_name = "Renamed"
     row.save()
     wait_until(
@@ -189,7 +218,7 @@ def test_display_name_change_keeps_the_handle(
         message="the renamed row",
     )
     assert spy_registry.get("rt-a") is first
-    assert not first.closed  # type: ignore[attr-defined]
+    assert not first.closed
     assert len(factory.built) == 1
 
 
@@ -198,11 +227,11 @@ def test_disabling_a_row_closes_its_handle_after_the_refresh_interval(
 ) -> None:
     settings.YOI_REGISTRY_REFRESH_SECONDS = 0.05
     row = remote_row("rt-a", refused_url())
-    first = spy_registry.get("rt-a")
+    first = get_fake(spy_registry, "rt-a")
     row.enabled = False
     row.save()
     wait_until(lambda: not spy_registry.connection("rt-a").enabled, timeout=REBUILD_WAIT, message="disabled")
-    assert first.closed  # type: ignore[attr-defined]
+    assert first.closed
     with pytest.raises(RuntimeDisabled):
         spy_registry.get("rt-a")
     row.enabled = True
@@ -217,10 +246,10 @@ def test_deleted_row_closes_its_handle(
 ) -> None:
     settings.YOI_REGISTRY_REFRESH_SECONDS = 0.05
     row = remote_row("rt-a", refused_url())
-    first = spy_registry.get("rt-a")
+    first = get_fake(spy_registry, "rt-a")
     row.delete()
     wait_until(lambda: "rt-a" not in spy_registry.connections(), timeout=REBUILD_WAIT, message="row gone")
-    assert first.closed  # type: ignore[attr-defined]
+    assert first.closed
     with pytest.raises(RuntimeNotFound):
         spy_registry.get("rt-a")
 
@@ -228,9 +257,9 @@ def test_deleted_row_closes_its_handle(
 def test_reset_closes_every_handle_and_forgets_rows(spy_registry: RuntimeRegistry, factory: FactorySpy) -> None:
     remote_row("rt-a", refused_url())
     remote_row("rt-b", refused_url())
-    a, b = spy_registry.get("rt-a"), spy_registry.get("rt-b")
+    a, b = get_fake(spy_registry, "rt-a"), get_fake(spy_registry, "rt-b")
     spy_registry.reset()
-    assert a.closed and b.closed  # type: ignore[attr-defined]
+    assert a.closed and b.closed
     assert repr(spy_registry) == "RuntimeRegistry(runtimes=[])"
     assert spy_registry.get("rt-a") is not a
     assert len(factory.built) == 3
@@ -371,3 +400,15 @@ def test_embedded_store_held_by_another_registry_makes_calls_unreachable(isolate
     finally:
         other_process.reset()
 
+
+def test_unusable_embedded_data_dir_is_unreachable_without_naming_the_path(isolated_data_dir: Path) -> None:
+    isolated_data_dir.parent.mkdir(parents=True, exist_ok=True)
+    isolated_data_dir.write_text("not a directory")
+    handle = EmbeddedRuntimeHandle("emb", data_dir=isolated_data_dir)
+    try:
+        with pytest.raises(RuntimeUnreachable) as caught:
+            handle.summary()
+        assert str(isolated_data_dir) not in str(caught.value)
+        assert "/" not in str(caught.value)
+    finally:
+        handle.close()
