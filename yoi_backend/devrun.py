@@ -110,11 +110,10 @@ def main() -> None:
         say("probing runtimes")
         manage("probe_runtimes", env=env)
         say(f"starting the Backend on http://{HOST}:{http_port}/")
-        backend = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(http_port), "yoi_backend.asgi:application"],
-            env=env,
-            cwd=ROOT,
-        )
+        daphne = [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(http_port)]
+        # WebSocket heartbeat: an idle browser socket is pinged every 15 s and dropped after 30 s of silence.
+        daphne += ["--ping-interval", "15", "--ping-timeout", "30", "yoi_backend.asgi:application"]
+        backend = subprocess.Popen(daphne, env=env, cwd=ROOT)
         children.append(backend)
         wait_for_port(http_port, backend, "the Backend")
         print(
