@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 import sseclient
@@ -307,6 +307,17 @@ class RemoteRuntimeClient:
             raise RuntimeBadResponse(runtime_id=self.runtime_id, worker_id=worker_id)
         return parsed
 
+    def _redact_secrets(self, text: str) -> str:
+        """Upstream text without this runtime's address or the Backend's token: a runtime may echo them back."""
+        parts = urlsplit(self._base_url)
+        secrets = [parts.netloc, parts.hostname or ""]
+        with contextlib.suppress(Exception):
+            secrets.append(self._token_provider())  # resolved moments ago for the request that failed
+        for secret in secrets:
+            if isinstance(secret, str) and len(secret) >= 3:
+                text = re.sub(re.escape(secret), "<redacted>", text, flags=re.IGNORECASE)
+        return text
+
     def _log_bad_response(self, reason: str, worker_id: str | None) -> None:
         logger.warning(
             "runtimes.client.bad_response",
@@ -341,7 +352,7 @@ class RemoteRuntimeClient:
             return RuntimeBadResponse(**ids)
 
         assert status is not None
-        code, message = _error_fields(body)
+        code, message = _error_fields(body, redact=self._redact_secrets)
         logger.info(
             "runtimes.client.upstream_status",
             extra={"runtime_id": self.runtime_id, "worker_id": worker_id, "status": status, "upstream_code": code},
@@ -394,8 +405,12 @@ def _is_timeout(exc: BaseException) -> bool:
     return isinstance(reason, urllib3.exceptions.TimeoutError | TimeoutError)
 
 
-def _error_fields(body: bytes) -> tuple[str | None, str]:
-    """``(code, message)`` of a protocol error body ``{"error": {"code", "message"}}``; lenient."""
+def _error_fields(body: bytes, *, redact: Callable[[str], str]) -> tuple[str | None, str]:
+    """``(code, message)`` of a protocol error body ``{"error": {"code", "message"}}``; lenient.
+
+    Both are upstream text: ``redact`` removes known secrets before ``scrub`` cuts to length (so no secret
+    survives in part), and ``scrub`` removes URLs and paths.
+    """
     try:
         parsed = json.loads(body) if body else None
     except (ValueError, RecursionError):
@@ -405,7 +420,8 @@ def _error_fields(body: bytes) -> tuple[str | None, str]:
         return None, ""
     code = error.get("code")
     message = error.get("message")
-    return (code if isinstance(code, str) and code else None), scrub(message)
+    code = scrub(redact(code)) if isinstance(code, str) else None
+    return (code or None), (scrub(redact(message)) if isinstance(message, str) else "")
 
 
 class _ChunkSource:

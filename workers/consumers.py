@@ -49,7 +49,9 @@ def parse_after(query_string: bytes) -> int | None:
 def starting_cursor(after: int | None, worker: WorkerDetail) -> int:
     """Where the relay starts for this browser: its cursor, or live (a finished worker still tells its end)."""
     if after is not None:
-        return after
+        # No browser has seen an event the runtime has not logged: a cursor past the worker's last event
+        # would become the shared relay's position and hold back every other browser watching it.
+        return after if worker.last_seq is None else min(after, worker.last_seq)
     last = worker.last_seq or 0
     return max(0, last - 1) if worker.status != "running" else last
 
@@ -79,7 +81,13 @@ class WorkerEventsConsumer(AsyncJsonWebsocketConsumer):
             await self.send_error(error)
             return
         await self.accept()
-        self.subscriber = relay_hub.subscribe(runtime_id, worker_id, after=starting_cursor(after, worker))
+        cursor = starting_cursor(after, worker)
+        if worker.status != "running" and worker.last_seq is not None and cursor >= worker.last_seq:
+            # A finished worker's log is complete and this browser has all of it: an upstream would end at
+            # once with nothing to send, and the relay would take that for a drop and reconnect forever.
+            await self.close(code=1000)
+            return
+        self.subscriber = relay_hub.subscribe(runtime_id, worker_id, after=cursor)
         self.sender = asyncio.create_task(self._send_frames(self.subscriber))
 
     async def _send_frames(self, subscriber: Subscriber) -> None:

@@ -50,6 +50,11 @@ TERMINAL_ERRORS: tuple[type[YoiError], ...] = (RuntimeNotFound, RuntimeDisabled,
 # After this many failed attempts in a row the upstream is reported "unavailable" instead of "reconnecting".
 UNAVAILABLE_AFTER = 3
 CATCH_UP_TIMEOUT = 30.0
+# Items an upstream thread may have handed to the event loop but not yet handled. Without a bound a fast
+# runtime piles thousands of events into one loop turn, before any socket's sender runs, and even browsers
+# that keep up overflow their queues and get a slow_consumer reset.
+MAX_IN_FLIGHT = 256
+IN_FLIGHT_POLL = 0.5
 
 
 def _setting(name: str, default: float) -> float:
@@ -271,8 +276,13 @@ class WorkerRelay:
         try:
             stream = registry.call(self.runtime_id, lambda handle: handle.open_events(self.worker_id, after=after))
             self._to_loop(self._on_connected, generation, stream)
+            in_flight = threading.Semaphore(MAX_IN_FLIGHT)
             for item in stream:
-                self._to_loop(self._on_item, generation, item)
+                while not in_flight.acquire(timeout=IN_FLIGHT_POLL):
+                    if self._closed or generation != self.generation:
+                        stream.close()  # closed or replaced while the loop was behind: nobody wants the rest
+                        return
+                self._to_loop(self._on_upstream_item, generation, item, in_flight)
         except YoiError as exc:
             error = exc
         except Exception:
@@ -294,6 +304,12 @@ class WorkerRelay:
         self._stream = stream
         self.failures = 0
         self._set_state("connected")
+
+    def _on_upstream_item(
+        self, generation: int, item: WorkerEvent | StreamReset, in_flight: threading.Semaphore
+    ) -> None:
+        in_flight.release()
+        self._on_item(generation, item)
 
     def _on_item(self, generation: int, item: WorkerEvent | StreamReset) -> None:
         if generation != self.generation or self._closed:

@@ -6,6 +6,7 @@ runtime's call and comes back as a typed error.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +14,7 @@ from urllib.parse import unquote
 
 from django.http import HttpRequest
 from rest_framework import serializers
+from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
 from runtimes.types import WorkerDetail, WorkerSpec
 
@@ -85,6 +87,30 @@ def _check_input_size(value: str) -> str:
     return value
 
 
+_no_surrogates = ProhibitSurrogateCharactersValidator()
+
+
+def _check_json_safe(value: Any) -> Any:
+    """Refuse free-form JSON a runtime could not store or pass on: lone surrogates, non-finite numbers (1e400).
+
+    Both used to be 500s (UnicodeEncodeError in the store or the client; a 201 whose body could not be rendered).
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                _no_surrogates(key)
+                stack.append(child)
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            _no_surrogates(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise serializers.ValidationError("numbers must be finite.")
+    return value
+
+
 class StrictCharField(serializers.CharField):
     """A CharField that refuses non-strings instead of coercing numbers and booleans to text."""
 
@@ -115,7 +141,11 @@ class WorkerCreateInputSerializer(serializers.Serializer[WorkerSpec]):
         kind = value.get("kind")
         if kind not in INTENT_KINDS:
             raise serializers.ValidationError(f"kind must be one of: {', '.join(INTENT_KINDS)}.")
-        return value
+        return _check_json_safe(value)
+
+    def validate_options(self, value: dict[str, Any]) -> dict[str, Any]:
+        """Free-form profile options that can travel as JSON."""
+        return _check_json_safe(value)
 
     def validate_initial_input(self, value: str) -> str:
         """Non-blank text within the input size bound."""

@@ -9,8 +9,10 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from django.urls import reverse
+from drf_spectacular.utils import extend_schema_view
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -18,6 +20,7 @@ from rest_framework.serializers import BaseSerializer
 
 from runtimes.errors import InvalidRequest
 from runtimes.selectors import runtime_get_visible, runtime_list_visible
+from workers.schema import OPERATIONS_RUNTIME, OPERATIONS_RUNTIME_WORKER, OPERATIONS_WORKER
 from workers.serializers import (
     AckOutputSerializer,
     RuntimeFailureOutputSerializer,
@@ -66,12 +69,43 @@ def validated(serializer_class: type[S], data: Any) -> S:
     return serializer
 
 
+MAX_BODY_DEPTH = 100  # far below the ~950 levels at which json.loads / json.dumps hit Python's recursion limit
+
+
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether a parsed JSON value has more than ``limit`` levels of arrays/objects (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
+class ApiJSONParser(JSONParser):
+    """DRF's JSON parser, refusing bodies nested deeper than MAX_BODY_DEPTH with a 400 (they used to be 500s:
+    a RecursionError while parsing, or later while a runtime stored or the client encoded them)."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        try:
+            data = super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            data = None
+        else:
+            if not _nested_deeper_than(data, MAX_BODY_DEPTH):
+                return data
+        raise ParseError(f"JSON parse error - the body is nested more than {MAX_BODY_DEPTH} levels deep")
+
+
 class ApiViewSet(viewsets.ViewSet):
     """Base of the browser API viewsets: JSON bodies only (DRF reads them through Django's size cap)."""
 
-    parser_classes = [JSONParser]
+    parser_classes = [ApiJSONParser]
 
 
+@extend_schema_view(**OPERATIONS_RUNTIME)
 class RuntimeViewSet(ApiViewSet):
     """``/runtimes/``: the runtimes this user may see, with cached status and capabilities."""
 
@@ -90,6 +124,7 @@ class RuntimeViewSet(ApiViewSet):
         return Response(RuntimeOutputSerializer(view).data)
 
 
+@extend_schema_view(**OPERATIONS_RUNTIME_WORKER)
 class RuntimeWorkerViewSet(ApiViewSet):
     """``/runtimes/{runtime_id}/workers/``: workers of one runtime and the commands on them."""
 
@@ -166,6 +201,7 @@ class RuntimeWorkerViewSet(ApiViewSet):
         return Response(TranscriptPageOutputSerializer(page).data)
 
 
+@extend_schema_view(**OPERATIONS_WORKER)
 class WorkerViewSet(ApiViewSet):
     """``/workers/``: every visible worker across runtimes, with partial results."""
 

@@ -71,6 +71,13 @@ YOI_RUNTIMES_CONFIG = env_str("YOI_RUNTIMES_CONFIG", "")
 YOI_STATUS_STALE_SECONDS = env_float("YOI_STATUS_STALE_SECONDS", 30.0)
 # How often a running process re-reads runtime rows to pick up admin / sync changes.
 YOI_REGISTRY_REFRESH_SECONDS = env_float("YOI_REGISTRY_REFRESH_SECONDS", 2.0)
+# The event relay (workers/relay.py): how long an upstream outlives its last browser, how many frames a
+# browser may have queued before it is sent a reset, the per-worker replay buffer, and reconnect backoff.
+YOI_RELAY_LINGER_SECONDS = env_float("YOI_RELAY_LINGER_SECONDS", 2.0)
+YOI_RELAY_SUBSCRIBER_FRAMES = int(env_float("YOI_RELAY_SUBSCRIBER_FRAMES", 2048))
+YOI_RELAY_BUFFER_EVENTS = int(env_float("YOI_RELAY_BUFFER_EVENTS", 4096))
+YOI_RELAY_BACKOFF_BASE = env_float("YOI_RELAY_BACKOFF_BASE", 0.5)
+YOI_RELAY_BACKOFF_CAP = env_float("YOI_RELAY_BACKOFF_CAP", 15.0)
 
 INSTALLED_APPS = [
     "daphne",
@@ -82,6 +89,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "runtimes",
     "workers",
@@ -162,7 +171,8 @@ STORAGES = {
 
 WHITENOISE_USE_FINDERS = DEBUG
 
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
 # Under /api/ a CSRF failure answers the JSON error envelope; elsewhere Django's own page.
 CSRF_FAILURE_VIEW = "workers.exceptions.csrf_failure"
 
@@ -176,6 +186,47 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "EXCEPTION_HANDLER": "workers.exceptions.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+# The OpenAPI 3 schema (/api/schema/) and Swagger UI (/api/docs/); the UI's files come from the sidecar
+# package through our own static files, so the docs page loads nothing from a CDN.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Yoi Workspace Backend API",
+    "VERSION": "1.0.0",
+    "DESCRIPTION": (
+        "The browser API of the Yoi Workspace Backend: runtimes and their workers, addressed by "
+        "runtime_id + worker_id. Every error is the envelope {\"error\": {...}} (see ErrorEnvelope). "
+        "Authenticate with the session cookie (plus X-CSRFToken on POST) or `Authorization: Token <key>`."
+    ),
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "ENUM_NAME_OVERRIDES": {
+        "ErrorCodeEnum": "workers.schema.ERROR_CODE_CHOICES",
+        "RuntimeStateEnum": "workers.schema.RUNTIME_STATES",
+    },
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    # Each operation lists these two (from REST_FRAMEWORK's authentication classes); defined here to say how.
+    "APPEND_COMPONENTS": {
+        "securitySchemes": {
+            "cookieAuth": {
+                "type": "apiKey",
+                "in": "cookie",
+                "name": "sessionid",
+                "description": "Django session (log in at /admin/login/); POST also needs X-CSRFToken.",
+            },
+            "tokenAuth": {
+                "type": "apiKey",
+                "in": "header",
+                "name": "Authorization",
+                "description": "`Token <key>`; make a key with `manage.py drf_create_token <username>`.",
+            },
+        }
+    },
 }
 
 LOGGING = {

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.contrib.auth.decorators import login_required
 from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from workers.console import console, console_login, console_logout
 from workers.exceptions import api_not_found
 from yoi_backend.views import healthz
 
 urlpatterns = [
+    path("", console, name="console"),
+    path("login/", console_login, name="login"),
+    path("logout/", console_logout, name="logout"),
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
     path("api/v1/", include("workers.urls")),
+    # OpenAPI schema (authenticated, like the API: 401 envelope otherwise) and Swagger UI from local static
+    # files (a browser page: anonymous visitors are sent to the login page).
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", login_required(SpectacularSwaggerView.as_view(url_name="schema")), name="swagger-ui"),
     # Last: any other /api/ URL gets the JSON 404 envelope, with DEBUG on too.
     re_path(r"^api/", api_not_found, name="api-not-found"),
 ]

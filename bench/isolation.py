@@ -1,0 +1,177 @@
+"""Isolation: a healthy runtime's request latency alone vs while another runtime is blackholed and busy.
+
+Two runtimes are registered with the default timeouts (connect 2 s, read 10 s): a real reference runtime
+and a blackholed listener (accepts, never answers). Phase *alone*: sequential ``GET`` worker detail on
+the healthy runtime through the Backend. Phase *dead busy*: the same, while a steady open-loop stream of
+requests (``GET`` worker detail, N per second, each on its own connection and thread) goes to the dead
+runtime — they hang until the read timeout, and later fast-fail once its circuit breaker opens.
+
+Target (DESIGN §9): the healthy runtime's p99 unchanged within 20 % (ratio <= 1.2).
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from bench.common import (
+    Backend,
+    BenchOptions,
+    Call,
+    Processes,
+    RemoteSpec,
+    Target,
+    bench_main,
+    checked,
+    fmt,
+    log,
+    ratio,
+    start_backend,
+    start_runtime,
+    stubs,
+    summarize,
+    timed_ms,
+    warm_up,
+)
+
+HEALTHY_ID = "iso-healthy"
+DEAD_ID = "iso-dead"
+TOKEN_ENV = "YOI_BENCH_ISO_TOKEN"
+DEAD_TOKEN_ENV = "YOI_BENCH_ISO_DEAD_TOKEN"
+P99_RATIO_LIMIT = 1.2
+MAX_IN_FLIGHT = 256
+
+
+class DeadStream:
+    """An open-loop stream of requests to the dead runtime: ``rate`` per second, each on its own thread."""
+
+    def __init__(self, backend: Backend, path: str, *, rate: float) -> None:
+        self.backend = backend
+        self.path = path
+        self.rate = rate
+        self.outcomes: Counter[str] = Counter()
+        self.latencies_ms: list[float] = []
+        self.skipped = 0
+        self.sent = 0
+        self._stop = threading.Event()
+        self._slots = threading.Semaphore(MAX_IN_FLIGHT)
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._pace, daemon=True, name="dead-stream")
+
+    def start(self) -> None:
+        """Begin sending."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop sending (requests in flight finish on their own daemon threads)."""
+        self._stop.set()
+        self._thread.join(5)
+
+    def _pace(self) -> None:
+        interval, due = 1.0 / self.rate, time.perf_counter()
+        while not self._stop.is_set():
+            if self._slots.acquire(blocking=False):
+                self.sent += 1
+                threading.Thread(target=self._one, daemon=True).start()
+            else:
+                self.skipped += 1
+            due += interval
+            self._stop.wait(max(0.0, due - time.perf_counter()))
+
+    def _one(self) -> None:
+        client = self.backend.client()
+        started = time.perf_counter()
+        try:
+            status, _ = client.request("GET", self.path)
+            outcome = str(status)
+        except Exception as exc:  # a bench client timing out is an outcome, not a failure of the bench
+            outcome = type(exc).__name__
+        finally:
+            client.close()
+            self._slots.release()
+        with self._lock:
+            self.outcomes[outcome] += 1
+            self.latencies_ms.append((time.perf_counter() - started) * 1000.0)
+
+
+def _sequential_for(call: Call, seconds: float) -> list[float]:
+    samples: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        samples.append(timed_ms(call))
+    return samples
+
+
+def run(options: BenchOptions, procs: Processes) -> tuple[dict[str, Any], str]:
+    """Start a healthy runtime, a blackhole and a Backend; measure the healthy path in both phases."""
+    seconds = 5.0 if options.quick else 15.0
+    dead_rate = 10.0
+    rt = start_runtime(procs, options.workdir, runtime_id=HEALTHY_ID)
+    with stubs(blackholes=[DEAD_ID]) as servers:
+        specs = [
+            RemoteSpec(HEALTHY_ID, rt.base_url, TOKEN_ENV),
+            RemoteSpec(DEAD_ID, servers.url(DEAD_ID), DEAD_TOKEN_ENV),
+        ]
+        tokens = {TOKEN_ENV: rt.token, DEAD_TOKEN_ENV: secrets.token_urlsafe(24)}
+        backend = start_backend(procs, options.workdir, runtimes=specs, tokens=tokens)
+        worker_id = rt.create_worker("builtin:burst", {"count": 1, "rate": 0})
+        client = backend.client()
+        call = checked(client, "GET", f"/api/v1/runtimes/{HEALTHY_ID}/workers/{worker_id}/")
+        warm_up({"healthy": call}, count=200)
+
+        log("isolation: phase alone")
+        alone = _sequential_for(call, seconds)
+        log("isolation: phase dead busy")
+        stream = DeadStream(backend, f"/api/v1/runtimes/{DEAD_ID}/workers/w-dead/", rate=dead_rate)
+        stream.start()
+        try:
+            busy = _sequential_for(call, seconds)
+        finally:
+            stream.stop()
+        client.close()
+        accepted = servers.blackhole_accepts
+
+    a, b = summarize(alone), summarize(busy)
+    p99_ratio, p50_ratio = ratio(b["p99"], a["p99"]), ratio(b["p50"], a["p50"])
+    targets = [Target("healthy p99 ratio", p99_ratio, "<=", P99_RATIO_LIMIT)]
+    result: dict[str, Any] = {
+        "config": {"phase_seconds": seconds, "dead_requests_per_s": dead_rate, "dead_timeouts_s": [2.0, 10.0]},
+        "healthy_alone_ms": a,
+        "healthy_with_dead_busy_ms": b,
+        "dead_stream": {
+            "sent": stream.sent,
+            "skipped_in_flight_cap": stream.skipped,
+            "finished": sum(stream.outcomes.values()),
+            "outcomes": dict(stream.outcomes),
+            "latency_ms": summarize(stream.latencies_ms),
+            "blackhole_connections": accepted,
+        },
+        "headline": {
+            "alone_p50_ms": a["p50"],
+            "alone_p99_ms": a["p99"],
+            "busy_p50_ms": b["p50"],
+            "busy_p99_ms": b["p99"],
+            "p99_ratio": p99_ratio,
+            "p50_ratio": p50_ratio,
+        },
+        "targets": [t.to_json() for t in targets],
+    }
+    line = (
+        f"isolation: healthy p99 ratio {fmt(p99_ratio)} ({fmt(b['p99'])} vs {fmt(a['p99'])} ms alone), "
+        f"p50 ratio {fmt(p50_ratio)} ({fmt(b['p50'])} vs {fmt(a['p50'])} ms), "
+        f"dead runtime got {stream.sent} requests ({dict(stream.outcomes)}) " + " ".join(t.tag() for t in targets)
+    )
+    return result, line
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.isolation [--quick]``."""
+    return bench_main("isolation", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""Real processes for the console's browser tests: a ``yoi-runtime``, the Backend under daphne, headless Chromium.
+
+``console_site`` starts the reference runtime as ``local`` on a fixed free port (so it can be killed and
+restarted on the same address), prepares a Backend data dir (its own SQLite database, migrated, static
+files collected as production does, a user with a password, runtimes ``embedded`` and ``local`` synced
+from a generated TOML file and probed) and serves it with ``python -m daphne`` in production mode
+(``DJANGO_DEBUG=0``, WhiteNoise). ``console_page`` is a fresh browser context whose every request,
+response body and WebSocket frame is recorded; at the end of each test none of them, nor the page HTML,
+may contain the runtime's address, token or store path.
+
+These tests need Debian's ``chromium`` (``/usr/bin/chromium``; Playwright's own browser download does not
+work here) and run only with ``YOI_RUN_BROWSER=1``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import requests
+
+from tests.runtime_process import REPO_ROOT, RuntimeProcess, example_config, kill_spawned_since, spawned_count
+from tests.runtime_process import start_runtime as spawn_runtime
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page, Request, Response, WebSocket
+
+CHROMIUM = os.environ.get("YOI_CHROMIUM", "/usr/bin/chromium")
+# Without the background-networking flags Chromium keeps dialling out, which this machine refuses.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+VIEWPORT = {"width": 1360, "height": 860}
+USERNAME = "console-user"
+PASSWORD = "console-pw-for-browser-tests-5c81"
+SECRET_KEY = "browser-tests-secret-key-not-for-production-71ad"
+RUNTIME_TOKEN_ENV = "YOI_BROWSER_LOCAL_TOKEN"
+READY_TIMEOUT = 40.0
+SCREENSHOT_DIR = REPO_ROOT / "docs" / "screenshots"
+# Quick, but visible, upstream reconnects: the indicator's countdown lasts long enough to be seen.
+BACKEND_SETTINGS = {
+    "YOI_RELAY_LINGER_SECONDS": "0.5",
+    "YOI_RELAY_BACKOFF_BASE": "1.5",
+    "YOI_RELAY_BACKOFF_CAP": "2.0",
+    "YOI_REGISTRY_REFRESH_SECONDS": "1",
+    "YOI_LOG_LEVEL": "WARNING",
+}
+CREATE_USER = (
+    "from django.contrib.auth import get_user_model; "
+    f"get_user_model().objects.create_user({USERNAME!r}, password={PASSWORD!r})"
+)
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def runtimes_toml(runtime: RuntimeProcess) -> str:
+    """``make run``'s runtimes (fixtures/runtimes.example.toml) with ``local`` at the test runtime's port."""
+    return (
+        "[[runtime]]\n"
+        'runtime_id = "embedded"\n'
+        'display_name = "Embedded runtime"\n'
+        'kind = "embedded"\n'
+        "\n"
+        "[[runtime]]\n"
+        'runtime_id = "local"\n'
+        'display_name = "Local reference runtime"\n'
+        'kind = "remote"\n'
+        f"base_url = {json.dumps(runtime.base_url)}\n"
+        f'token_ref = "env:{RUNTIME_TOKEN_ENV}"\n'
+        "connect_timeout = 2.0\n"
+        "read_timeout = 10.0\n"
+    )
+
+
+@dataclass
+class ConsoleSite:
+    """The runtime ``local`` and the Backend serving the console, both restartable on their ports."""
+
+    runtime: RuntimeProcess
+    data_dir: Path
+    env: dict[str, str] = field(repr=False)
+    port: int = field(default_factory=free_port)
+    backend: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT`` of the Backend."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        """Where daphne's output goes."""
+        return self.data_dir / "daphne.log"
+
+    def forbidden(self) -> dict[str, str]:
+        """What must never reach the browser: the runtime's address, token and store path."""
+        rt = self.runtime
+        assert rt.token
+        return {
+            "runtime base URL": rt.base_url,
+            "runtime host:port": f"127.0.0.1:{rt.port}",
+            "runtime localhost:port": f"localhost:{rt.port}",
+            "runtime token": rt.token,
+            "runtime store path": str(rt.store),
+        }
+
+    def start_backend(self) -> None:
+        """Serve the Backend under daphne on ``port`` and wait for /healthz."""
+        command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)]
+        command += ["yoi_backend.asgi:application"]
+        with self.log_path.open("ab") as log:
+            self.backend = subprocess.Popen(
+                command,
+                cwd=REPO_ROOT,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.backend.poll() is not None:
+                raise AssertionError(f"daphne exited with {self.backend.returncode}:\n{self.log_tail()}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{self.base_url}/healthz", timeout=(1, 5)).status_code == 200:
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"daphne not ready within {READY_TIMEOUT}s:\n{self.log_tail()}")
+
+    def kill_backend(self) -> None:
+        """SIGKILL the Backend: every browser socket drops at once, as in a crash or a network blip."""
+        if self.backend is not None and self.backend.poll() is None:
+            self.backend.send_signal(signal.SIGKILL)
+            self.backend.wait(10)
+
+    def kill_runtime(self) -> None:
+        """SIGKILL the runtime process (its store survives)."""
+        self.runtime.kill()
+
+    def restart_runtime(self) -> None:
+        """Start the runtime again on the same port, store and token."""
+        self.runtime = self.runtime.restart()
+
+    def log_tail(self, size: int = 6000) -> str:
+        """The end of daphne's output."""
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text("utf-8", errors="replace")[-size:]
+        return ""
+
+
+def backend_env(data_dir: Path, runtime: RuntimeProcess) -> dict[str, str]:
+    """This environment without Django/Yoi/database settings, plus the Backend's own (production mode)."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DJANGO_", "YOI_")) and key not in {"DATABASE_URL", "REDIS_URL"}
+    }
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "yoi_backend.settings",
+            "DJANGO_SECRET_KEY": SECRET_KEY,
+            "DJANGO_DEBUG": "0",
+            "DATABASE_URL": f"sqlite:///{data_dir / 'db.sqlite3'}",
+            "YOI_DATA_DIR": str(data_dir),
+            "DJANGO_STATIC_ROOT": str(data_dir / "static"),
+            "PYTHONUNBUFFERED": "1",
+            RUNTIME_TOKEN_ENV: runtime.token or "",
+            **BACKEND_SETTINGS,
+        }
+    )
+    return env
+
+
+def manage(*args: str, env: Mapping[str, str]) -> None:
+    """Run ``manage.py`` in the Backend's environment; fail with its output when it fails."""
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "manage.py"), *args],
+        env=dict(env),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+
+
+@pytest.fixture(scope="module")
+def console_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleSite]:
+    """The runtime ``local`` plus a prepared, running Backend (see the module docstring)."""
+    marker = spawned_count()
+    root = tmp_path_factory.mktemp("console")
+    runtime = spawn_runtime(
+        root / "runtime-local",
+        runtime_id="local",
+        config_text=example_config(),
+        port=free_port(),
+        extra_args=("--ping-interval", "1"),
+    )
+    data_dir = root / "backend"
+    data_dir.mkdir()
+    site = ConsoleSite(runtime=runtime, data_dir=data_dir, env=backend_env(data_dir, runtime))
+    try:
+        config = data_dir / "runtimes.toml"
+        config.write_text(runtimes_toml(runtime), "utf-8")
+        manage("migrate", "--noinput", "-v", "0", env=site.env)
+        manage("collectstatic", "--noinput", "-v", "0", env=site.env)
+        manage("shell", "-c", CREATE_USER, env=site.env)
+        manage("sync_runtimes", "--file", str(config), env=site.env)
+        manage("probe_runtimes", env=site.env)
+        site.start_backend()
+        yield site
+    finally:
+        site.kill_backend()
+        kill_spawned_since(marker)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Debian Chromium driven by Playwright."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@dataclass
+class Traffic:
+    """Everything a page sent and received: requests, response bodies, WebSocket URLs and frames."""
+
+    texts: list[tuple[str, str]] = field(default_factory=list)
+    request_urls: list[str] = field(default_factory=list)
+    ws_urls: list[str] = field(default_factory=list)
+    frames_received: list[str] = field(default_factory=list)
+
+    def attach(self, page: Page) -> None:
+        """Record from now on."""
+        page.on("request", self._on_request)
+        page.on("requestfinished", self._on_finished)
+        page.on("websocket", self._on_websocket)
+
+    def _on_request(self, request: Request) -> None:
+        self.request_urls.append(request.url)
+        headers = json.dumps(request.headers)
+        self.texts.append((f"request {request.method} {request.url}", f"{request.url}\n{headers}"))
+        if request.post_data:
+            self.texts.append((f"request body {request.url}", request.post_data))
+
+    def _on_finished(self, request: Request) -> None:
+        response: Response | None = request.response()
+        if response is None:
+            return
+        self.texts.append((f"response headers {request.url}", json.dumps(response.headers)))
+        if 300 <= response.status < 400:
+            return  # a redirect has no body to read
+        with contextlib.suppress(Exception):  # a page navigated away: Chromium dropped the body
+            self.texts.append((f"response body {request.url}", response.body().decode("utf-8", "replace")))
+
+    def _on_websocket(self, websocket: WebSocket) -> None:
+        self.ws_urls.append(websocket.url)
+        self.texts.append(("websocket url", websocket.url))
+        websocket.on("framereceived", self._on_frame_received)
+        websocket.on("framesent", lambda payload: self.texts.append(("ws frame sent", _text(payload))))
+
+    def _on_frame_received(self, payload: str | bytes) -> None:
+        text = _text(payload)
+        self.frames_received.append(text)
+        self.texts.append(("ws frame received", text))
+
+    def leaks(self, forbidden: Mapping[str, str]) -> list[str]:
+        """Every recorded text that contains a forbidden value (named, never printed)."""
+        patterns = forbidden_patterns(forbidden)
+        return [
+            f"{where} contains the {name}"
+            for where, text in self.texts
+            for name, pattern in patterns.items()
+            if pattern.search(text)
+        ]
+
+    def api_bodies(self) -> list[str]:
+        """How many /api/ response bodies were read (the leak check must have seen some)."""
+        return [text for where, text in self.texts if where.startswith("response body") and "/api/" in where]
+
+
+def forbidden_patterns(forbidden: Mapping[str, str]) -> dict[str, re.Pattern[str]]:
+    """Each forbidden value as a pattern; not followed by a digit, so port 4123 never matches port 41234."""
+    return {name: re.compile(re.escape(value) + r"(?![0-9])") for name, value in forbidden.items() if value}
+
+
+def _text(payload: str | bytes) -> str:
+    return payload if isinstance(payload, str) else payload.decode("utf-8", "replace")
+
+
+@dataclass
+class ConsolePage:
+    """A page of a fresh browser context, with its recorded traffic."""
+
+    page: Page
+    traffic: Traffic
+    site: ConsoleSite
+
+    def assert_no_leak(self) -> None:
+        """Neither the traffic so far nor the current HTML carries the runtime's address, token or path."""
+        forbidden = self.site.forbidden()
+        leaks = self.traffic.leaks(forbidden)
+        html = self.page.content()
+        leaks += [
+            f"the page HTML contains the {name}"
+            for name, pattern in forbidden_patterns(forbidden).items()
+            if pattern.search(html)
+        ]
+        assert not leaks, leaks
+
+
+@pytest.fixture
+def console_page(browser: Browser, console_site: ConsoleSite) -> Iterator[ConsolePage]:
+    """A fresh context (no cookies) and page; after the test, no recorded traffic may leak."""
+    context = browser.new_context(viewport=VIEWPORT, base_url=console_site.base_url)
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    traffic = Traffic()
+    traffic.attach(page)
+    console = ConsolePage(page=page, traffic=traffic, site=console_site)
+    try:
+        yield console
+        console.assert_no_leak()
+    finally:
+        context.close()
+
+
+def save_screenshot(page: Page, name: str, **options: Any) -> None:
+    """Write ``docs/screenshots/<name>``, only when ``YOI_UPDATE_SCREENSHOTS=1``."""
+    if os.environ.get("YOI_UPDATE_SCREENSHOTS") != "1":
+        return
+    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT_DIR / name), **options)

@@ -1,0 +1,220 @@
+"""The OpenAPI schema (/api/schema/) and Swagger UI (/api/docs/): complete, valid, envelope everywhere, no CDN."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.contrib.staticfiles import finders
+from django.core.management import call_command
+from django.test import Client
+from django.urls import URLPattern
+from drf_spectacular.drainage import GENERATOR_STATS
+from drf_spectacular.generators import SchemaGenerator
+from drf_spectacular.validation import validate_schema
+from rest_framework.test import APIClient
+
+import workers.exceptions
+from runtimes.errors import RuntimeRejected, YoiError
+from workers import schema as api_schema
+from workers.urls import urlpatterns as worker_urlpatterns
+
+API_PREFIX = "/api/v1/"
+ENVELOPE_REF = "#/components/schemas/ErrorEnvelope"
+HTTP_METHODS = {"get", "post", "put", "patch", "delete"}
+
+
+@pytest.fixture(scope="module")
+def openapi() -> dict[str, Any]:
+    """The generated schema, as the API serves it."""
+    schema: dict[str, Any] = SchemaGenerator().get_schema(request=None, public=True)
+    return schema
+
+
+def operations(openapi: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(path, method, operation)`` of every operation in the schema."""
+    return [
+        (path, method, operation)
+        for path, item in openapi["paths"].items()
+        for method, operation in item.items()
+        if method in HTTP_METHODS
+    ]
+
+
+def routed_operations() -> set[tuple[str, str]]:
+    """``(path, method)`` of every route of workers/urls.py, in OpenAPI path syntax."""
+    found: set[tuple[str, str]] = set()
+    for pattern in worker_urlpatterns:
+        assert isinstance(pattern, URLPattern)
+        regex = str(pattern.pattern.regex.pattern).lstrip("^").rstrip("$")
+        path = API_PREFIX + re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", regex)
+        # DRF adds "head" to a ViewSet's actions at its first GET; OpenAPI has no separate HEAD operation.
+        for method in pattern.callback.actions:  # type: ignore[attr-defined]
+            if method != "head":
+                found.add((path, method))
+    return found
+
+
+def test_schema_generates_valid_without_warnings(tmp_path: Path) -> None:
+    GENERATOR_STATS.reset()
+    out = tmp_path / "schema.yaml"
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(out))
+    assert out.read_text("utf-8").startswith("openapi: 3.")
+
+
+def test_schema_validates_against_the_openapi_spec(openapi: dict[str, Any]) -> None:
+    validate_schema(openapi)
+    assert openapi["info"]["title"] == "Yoi Workspace Backend API"
+
+
+def test_schema_lists_every_route_with_its_methods(openapi: dict[str, Any]) -> None:
+    documented = {(path, method) for path, method, _ in operations(openapi)}
+    routed = routed_operations()
+    assert len(routed) == 10
+    assert documented == routed
+
+
+def test_every_operation_has_a_unique_id_tag_and_summary(openapi: dict[str, Any]) -> None:
+    ids = [operation["operationId"] for _, _, operation in operations(openapi)]
+    assert len(ids) == len(set(ids))
+    for _, _, operation in operations(openapi):
+        assert operation["tags"] and operation["summary"]
+        assert {"cookieAuth": []} in operation["security"] and {"tokenAuth": []} in operation["security"]
+
+
+def test_every_operation_documents_the_error_envelope(openapi: dict[str, Any]) -> None:
+    for path, method, operation in operations(openapi):
+        responses = operation["responses"]
+        errors = {int(status) for status in responses if int(status) >= 400}
+        assert {401, 403, 429, 500} <= errors, (method, path)
+        for status in errors:
+            content = responses[str(status)]["content"]["application/json"]
+            assert content["schema"] == {"$ref": ENVELOPE_REF}, (method, path, status)
+            example_codes = {example["value"]["error"]["code"] for example in content["examples"].values()}
+            assert example_codes == set(api_schema.codes_for_status(status)), (method, path, status)
+        if "{runtime_id}" in path and "workers" in path:
+            # Every worker route reaches a runtime: the mapped upstream failures are documented.
+            assert {404, 409, 422, 501, 502, 503, 504} <= errors, (method, path)
+        if method == "post":
+            assert 415 in errors, (method, path)
+
+
+def test_success_responses_and_bodies_reference_components(openapi: dict[str, Any]) -> None:
+    expected = {
+        ("/api/v1/runtimes/", "get"): ("200", "RuntimeList"),
+        ("/api/v1/runtimes/{runtime_id}/", "get"): ("200", "Runtime"),
+        ("/api/v1/runtimes/{runtime_id}/workers/", "get"): ("200", "WorkerList"),
+        ("/api/v1/runtimes/{runtime_id}/workers/", "post"): ("201", "Worker"),
+        ("/api/v1/runtimes/{runtime_id}/workers/{worker_id}/", "get"): ("200", "Worker"),
+        ("/api/v1/runtimes/{runtime_id}/workers/{worker_id}/input/", "post"): ("202", "Ack"),
+        ("/api/v1/runtimes/{runtime_id}/workers/{worker_id}/stop/", "post"): ("200", "Ack"),
+        ("/api/v1/runtimes/{runtime_id}/workers/{worker_id}/cancel/", "post"): ("200", "Ack"),
+        ("/api/v1/runtimes/{runtime_id}/workers/{worker_id}/transcript/", "get"): ("200", "TranscriptPage"),
+        ("/api/v1/workers/", "get"): ("200", "WorkerListAll"),
+    }
+    for path, method, operation in operations(openapi):
+        status, component = expected[(path, method)]
+        successes = [code for code in operation["responses"] if int(code) < 400]
+        assert successes == [status], (method, path)
+        schema = operation["responses"][status]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": f"#/components/schemas/{component}"}, (method, path)
+    bodies = {
+        path.rsplit("/", 2)[-2]: operation.get("requestBody")
+        for path, method, operation in operations(openapi)
+        if method == "post"
+    }
+    assert bodies["workers"]["content"]["application/json"]["schema"]["$ref"].endswith("/WorkerCreateRequest")
+    assert bodies["input"]["required"] is True
+    assert "required" not in bodies["stop"] and "required" not in bodies["cancel"]  # the body is optional
+    assert "required" not in bodies["workers"]  # every key of CreateWorker is optional
+
+
+def test_ids_and_transcript_query_are_documented(openapi: dict[str, Any]) -> None:
+    for path, _, operation in operations(openapi):
+        params = {(p["in"], p["name"]): p for p in operation.get("parameters", [])}
+        for name in ("runtime_id", "worker_id"):
+            if "{" + name + "}" in path:
+                assert params[("path", name)]["schema"]["pattern"] == "^[A-Za-z0-9_:-]{1,120}$"
+        if path.endswith("/transcript/"):
+            start = params[("query", "start")]["schema"]
+            limit = params[("query", "limit")]["schema"]
+            assert (start["minimum"], start["default"]) == (0, 0)
+            assert (limit["minimum"], limit["maximum"], limit["default"]) == (1, 200, 50)
+
+
+def test_optional_output_keys_are_not_required(openapi: dict[str, Any]) -> None:
+    components = openapi["components"]["schemas"]
+    worker, ack = components["Worker"], components["Ack"]
+    assert {"created_at", "updated_at", "reason", "exit_code"}.isdisjoint(worker["required"])
+    assert {"runtime_id", "worker_id", "status", "profile", "intent"} <= set(worker["required"])
+    assert {"transcript_sequence", "event_id"}.isdisjoint(ack["required"])
+    runtime = components["Runtime"]["properties"]
+    assert runtime["status"] == {"$ref": "#/components/schemas/RuntimeStatus"}
+    assert runtime["capabilities"] == {"$ref": "#/components/schemas/Capabilities"}
+    assert "base_url" not in runtime and "token_ref" not in runtime
+
+
+def test_error_code_enum_is_the_closed_vocabulary(openapi: dict[str, Any]) -> None:
+    enum = openapi["components"]["schemas"]["ErrorCodeEnum"]["enum"]
+    assert set(enum) == set(api_schema.ERROR_CODES)
+    typed = api_schema._yoi_error_classes()
+    source = Path(workers.exceptions.__file__).read_text("utf-8")
+    api_codes = set(re.findall(r'error_body\(\s*"(\w+)"', source))
+    assert set(enum) == set(typed) | api_codes
+    for code, cls in typed.items():
+        if cls is not RuntimeRejected:
+            assert api_schema.ERROR_CODES[code][0] == cls.status, code
+    rejected = {RuntimeRejected(upstream_code="x", upstream_status=s).http_status for s in (400, 409, 413)}
+    assert rejected == set(api_schema.codes_for_status(409) and {409, 422})
+    assert api_schema.codes_for_status(422) == ["runtime_rejected"]
+    assert YoiError().code == "internal_error" and api_schema.ERROR_CODES["internal_error"][0] == 500
+
+
+def test_schema_endpoint_needs_authentication(anon_client: APIClient, api_client: APIClient) -> None:
+    anon = anon_client.get("/api/schema/", HTTP_ACCEPT="application/json")
+    assert anon.status_code == 401
+    assert anon.json()["error"]["code"] == "not_authenticated"
+    served = api_client.get("/api/schema/?format=json")
+    assert served.status_code == 200
+    body = served.json()
+    assert body["openapi"].startswith("3.") and "/api/v1/runtimes/" in body["paths"]
+    assert "/api/schema/" not in body["paths"] and "/api/docs/" not in body["paths"]
+
+
+class _Links(HTMLParser):
+    """Collects every src/href of a page and the text of inline scripts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.urls += [value for name, value in attrs if name in {"src", "href"} and value]
+
+
+def test_docs_page_needs_a_login(db: None) -> None:
+    response = Client().get("/api/docs/")
+    assert response.status_code == 302
+    assert "next=/api/docs/" in response["Location"]
+
+
+def test_docs_page_loads_only_local_static_files(user: User) -> None:
+    client = Client()
+    client.force_login(user)
+    response = client.get("/api/docs/")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/html")
+    html = response.content.decode("utf-8")
+    links = _Links()
+    links.feed(html)
+    assert len(links.urls) >= 4  # favicon, css, bundle, standalone preset
+    for url in links.urls:
+        assert url.startswith("/static/drf_spectacular_sidecar/swagger-ui-dist/"), url
+        assert finders.find(url.removeprefix("/static/").split("?")[0]) is not None, url
+    # Nothing on the page points at another host (a CDN), in markup or in the inline script.
+    assert not re.search(r"(https?:)?//[A-Za-z0-9.-]+\.[a-z]{2,}", html)
+    assert '"/api/schema/"' in html
