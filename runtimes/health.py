@@ -18,8 +18,11 @@ from runtimes.errors import (
     RuntimeAuthFailed,
     RuntimeDisabled,
     RuntimeNotFound,
+    RuntimeRejected,
     RuntimeTimeout,
     RuntimeUnreachable,
+    RuntimeUnsupported,
+    WorkerNotFound,
     YoiError,
 )
 from runtimes.handles.base import RuntimeHandle
@@ -28,6 +31,8 @@ from runtimes.types import RuntimeSummary
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+# Errors that are the runtime's own answer: it is up, whatever it said.
+ANSWERED_ERRORS: tuple[type[YoiError], ...] = (WorkerNotFound, RuntimeRejected, RuntimeUnsupported)
 MAX_PARALLEL_PROBES = 16
 # A success refreshes last_seen_at on the row at most this often (keeps DB writes off the hot path).
 LAST_SEEN_WRITE_INTERVAL = timedelta(seconds=10)
@@ -106,8 +111,9 @@ def probe_runtimes(*, runtime_ids: list[str] | None = None) -> list[ProbeResult]
 def runtime_call(runtime_id: str, operation: Callable[[RuntimeHandle], T]) -> T:
     """Run a command or query on a runtime through its breaker, and keep its row's status honest.
 
-    A transport-class failure marks the row at once; a success marks it online at most once per interval
-    per process, so the hot path does not write to the database.
+    A transport-class failure marks the row at once; an answer from the runtime — a result, or a refusal
+    such as worker_not_found — marks it online, at most once per interval per process, so the hot path does
+    not write to the database.
     """
     try:
         result = registry.call(runtime_id, operation)
@@ -115,9 +121,16 @@ def runtime_call(runtime_id: str, operation: Callable[[RuntimeHandle], T]) -> T:
         registry.forget_online_mark(runtime_id)
         _record_failure(runtime_id=runtime_id, error=error)
         raise
+    except ANSWERED_ERRORS:
+        _mark_online(runtime_id)
+        raise
+    _mark_online(runtime_id)
+    return result
+
+
+def _mark_online(runtime_id: str) -> None:
     if registry.take_online_mark(runtime_id, interval=LAST_SEEN_WRITE_INTERVAL.total_seconds()):
         _record_success(runtime_id=runtime_id)
-    return result
 
 
 def _record_success(*, runtime_id: str) -> None:

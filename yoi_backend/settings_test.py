@@ -14,3 +14,5 @@ if not os.environ.get("REDIS_URL"):
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 # WhiteNoise warns at every request when STATIC_ROOT is missing; tests never collect static files.
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # noqa: F405
+# Tests never serve static files; finding them would rescan the static dirs for every test client.
+WHITENOISE_USE_FINDERS = False
