@@ -23,7 +23,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -60,9 +59,11 @@ BACKEND_ENV = {
     "YOI_RELAY_BACKOFF_BASE": "0.2",
     "YOI_RELAY_BACKOFF_CAP": "1.0",
 }
-# Creates the test user, its token and a login session in whatever database the environment points at.
+# Migrates, then creates the test user, its token and a login session (one Django start-up, not two).
 SETUP_SCRIPT = """
 import json
+from django.core.management import call_command
+call_command("migrate", interactive=False, verbosity=0)
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
 from django.contrib.sessions.backends.db import SessionStore
 from rest_framework.authtoken.models import Token
@@ -172,7 +173,9 @@ class FaultDatabase:
     api_token: str
 
 
-def backend_env(*, data_dir: Path, database_url: str, rows: Sequence[RuntimeRow], extra: Mapping[str, str]) -> dict[str, str]:
+def backend_env(
+    *, data_dir: Path, database_url: str, rows: Sequence[RuntimeRow], extra: Mapping[str, str]
+) -> dict[str, str]:
     """The environment of a Backend process or a ``manage.py`` run: ours, never the test run's Django settings."""
     env = {
         key: value
@@ -196,7 +199,9 @@ def backend_env(*, data_dir: Path, database_url: str, rows: Sequence[RuntimeRow]
     return env
 
 
-def run_manage(*args: str, env: Mapping[str, str], timeout: float = MANAGE_TIMEOUT) -> subprocess.CompletedProcess[str]:
+def run_manage(
+    *args: str, env: Mapping[str, str], timeout: float = MANAGE_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
     """Run ``manage.py`` (bounded); the completed process, whatever its exit code."""
     return subprocess.run(
         [sys.executable, str(REPO_ROOT / "manage.py"), *args],
@@ -223,7 +228,6 @@ def fault_db(tmp_path_factory: pytest.TempPathFactory) -> FaultDatabase:
     shared_url = os.environ.get("DATABASE_URL") or None
     database_url = shared_url or f"sqlite:///{data_dir / 'db.sqlite3'}"
     env = backend_env(data_dir=data_dir, database_url=database_url, rows=(), extra={})
-    manage_ok("migrate", "--noinput", "-v", "0", env=env)
     out = manage_ok("shell", "-c", SETUP_SCRIPT % {"username": USERNAME}, env=env)
     line = next(line for line in out.splitlines() if line.startswith("FAULT-SETUP "))
     data = json.loads(line.removeprefix("FAULT-SETUP "))
@@ -335,16 +339,6 @@ class BackendProcess:
         """The process has not exited."""
         return self.proc.poll() is None
 
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL when it lingers."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
 
 BackendFactory = Callable[..., BackendProcess]
 
@@ -376,7 +370,16 @@ class BackendLauncher:
         log_path = data_dir / "daphne.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "yoi_backend.asgi:application"],
+                [
+                    sys.executable,
+                    "-m",
+                    "daphne",
+                    "-b",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "yoi_backend.asgi:application",
+                ],
                 cwd=REPO_ROOT,
                 env=proc_env,
                 stdin=subprocess.DEVNULL,
@@ -475,20 +478,21 @@ def _worker(runtime_id: str, worker_id: str) -> dict[str, Any]:
 
 # One complete event, then the stream stops in the middle of the next one's data line.
 SSE_CUT_BODY = (
-    "id: 1\nevent: status\n"
-    'data: {"seq":1,"worker_id":"w-0001","event":"status","data":{"status":"running"},"ts":1760000000.5}\n\n'
-    "id: 2\nevent: text_delta\n"
-    'data: {"seq":2,"worker_id":"w-0001","event":"text_de'
-).encode()
+    b"id: 1\nevent: status\n"
+    b'data: {"seq":1,"worker_id":"w-0001","event":"status","data":{"status":"running"},"ts":1760000000.5}\n\n'
+    b"id: 2\nevent: text_delta\n"
+    b'data: {"seq":2,"worker_id":"w-0001","event":"text_de'
+)
 
 
 class _FakeHandler(BaseHTTPRequestHandler):
     """Serves ``/<runtime_id>/v1/...`` as the ``Behaviour`` registered for that runtime id says."""
 
     protocol_version = "HTTP/1.1"
+    timeout = 30.0  # an idle keep-alive connection is dropped after this, so closing the server is bounded
     server: _FakeHTTPServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the test output is for the tests."""
 
     def do_GET(self) -> None:

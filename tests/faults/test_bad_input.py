@@ -69,14 +69,16 @@ WORKER_ID_ROUTES = [
 
 
 def encode(body: Any) -> bytes:
-    """JSON as a browser sends it: UTF-8 text, with ``\\u`` escapes only for what UTF-8 cannot carry (lone surrogates)."""
+    """JSON as a browser sends it: UTF-8 text; ``\\u`` escapes only for what UTF-8 cannot carry (surrogates)."""
     try:
         return json.dumps(body, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         return json.dumps(body).encode()
 
 
-def call(site: FaultSite, method: str, path: str, body: Any = None, *, raw: bytes | None = None, **kw: Any) -> tuple[int, dict[str, Any]]:
+def call(
+    site: FaultSite, method: str, path: str, body: Any = None, *, raw: bytes | None = None, **kw: Any
+) -> tuple[int, dict[str, Any]]:
     """Send one request; the status and the parsed JSON body (failing on HTML or any non-JSON answer)."""
     data = raw if raw is not None else (None if body is None else encode(body))
     status, headers, content = site.backend.raw(method, path, data, **kw)
@@ -110,7 +112,9 @@ def untouched(fault_site: FaultSite) -> Iterator[None]:
 
 
 @pytest.mark.parametrize("segment", BAD_ID_SEGMENTS.values(), ids=BAD_ID_SEGMENTS.keys())
-def test_bad_runtime_id_is_400_with_fields_on_every_route(fault_site: FaultSite, untouched: None, segment: str) -> None:
+def test_bad_runtime_id_is_400_with_fields_on_every_route(
+    fault_site: FaultSite, untouched: None, segment: str
+) -> None:
     for method, template, body in RUNTIME_ID_ROUTES:
         status, answer = call(fault_site, method, template.format(id=segment), body)
         error = assert_invalid(status, answer, field="runtime_id")
@@ -265,14 +269,18 @@ def _case_id(case: tuple[str, Any]) -> str:
 
 
 @pytest.mark.parametrize("case", CREATE_CASES, ids=[_case_id(c) for c in CREATE_CASES])
-def test_create_with_a_bad_field_is_400_with_that_field(fault_site: FaultSite, untouched: None, case: tuple[str, Any]) -> None:
+def test_create_with_a_bad_field_is_400_with_that_field(
+    fault_site: FaultSite, untouched: None, case: tuple[str, Any]
+) -> None:
     field, value = case
     status, answer = call(fault_site, "POST", CREATE_PATH, {field: value})
     assert_invalid(status, answer, field=field)
 
 
 @pytest.mark.parametrize("case", INPUT_CASES, ids=[_case_id(c) for c in INPUT_CASES])
-def test_input_with_a_bad_field_is_400_with_that_field(fault_site: FaultSite, untouched: None, case: tuple[str, Any]) -> None:
+def test_input_with_a_bad_field_is_400_with_that_field(
+    fault_site: FaultSite, untouched: None, case: tuple[str, Any]
+) -> None:
     field, value = case
     body = {"content": "hello", field: value}
     status, answer = call(fault_site, "POST", INPUT_PATH, body)
@@ -354,17 +362,21 @@ MULTIPART_BODY = b'--xyz\r\nContent-Disposition: form-data; name="content"\r\n\r
         ("application/xml", b"<content>x</content>"),
     ],
 )
-def test_a_body_that_is_not_json_is_415(fault_site: FaultSite, untouched: None, content_type: str, raw: bytes) -> None:
+def test_a_body_that_is_not_json_is_415(
+    fault_site: FaultSite, untouched: None, content_type: str, raw: bytes
+) -> None:
     status, answer = call(fault_site, "POST", INPUT_PATH, raw=raw, headers={"Content-Type": content_type})
     assert (status, answer["error"]["code"]) == (415, "unsupported_media_type")
 
 
-def test_malformed_multipart_is_refused_by_the_server_before_django(fault_site: FaultSite, untouched: None) -> None:
+def test_malformed_multipart_is_refused_by_the_server_before_django(
+    fault_site: FaultSite, untouched: None
+) -> None:
     """Twisted (under daphne) parses multipart bodies itself and answers a malformed one with an empty 400.
 
     Not the §5 envelope — Django never sees the request — but a 400, never a 500 or a page.
     """
-    status, headers, content = fault_site.backend.raw(
+    status, _, content = fault_site.backend.raw(
         "POST", INPUT_PATH, b"content=x", headers={"Content-Type": "multipart/form-data; boundary=x"}
     )
     assert (status, content) == (400, b"")
@@ -386,7 +398,9 @@ def test_malformed_multipart_is_refused_by_the_server_before_django(fault_site: 
         ("start=99999999999999999999999999", "start"),
     ],
 )
-def test_bad_transcript_query_is_400_with_fields(fault_site: FaultSite, untouched: None, query: str, field: str) -> None:
+def test_bad_transcript_query_is_400_with_fields(
+    fault_site: FaultSite, untouched: None, query: str, field: str
+) -> None:
     status, answer = call(fault_site, "GET", f"/api/v1/runtimes/ok/workers/{FAKE_WORKER_ID}/transcript/?{query}")
     assert_invalid(status, answer, field=field)
 

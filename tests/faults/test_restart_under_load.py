@@ -66,7 +66,9 @@ def transcript_user_contents(backend: BackendProcess, worker_id: str) -> list[st
     start: int | None = 0
     pages = 0
     while start is not None:
-        response = backend.api("GET", f"runtimes/{RUNTIME_ID}/workers/{worker_id}/transcript/?start={start}&limit=200")
+        response = backend.api(
+            "GET", f"runtimes/{RUNTIME_ID}/workers/{worker_id}/transcript/?start={start}&limit=200"
+        )
         assert response.status_code == 200, response.text
         page = response.json()
         contents += [item["content"] for item in page["items"] if item["role"] == "user"]
@@ -82,7 +84,11 @@ def test_runtime_killed_and_restarted_under_200_concurrent_inputs(
 ) -> None:
     runtime = runtime_factory(runtime_id=RUNTIME_ID)
     row = RuntimeRow(
-        runtime_id=RUNTIME_ID, base_url=runtime.base_url, token=runtime.token, connect_timeout=1.0, read_timeout=5.0
+        runtime_id=RUNTIME_ID,
+        base_url=runtime.base_url,
+        token=runtime.token,
+        connect_timeout=1.0,
+        read_timeout=5.0,
     )
     backend = fault_backend_factory(rows=[row])
     created = backend.api("POST", f"runtimes/{RUNTIME_ID}/workers/", {"profile": "builtin:echo"})

@@ -37,7 +37,9 @@ def timed(call: Callable[[], requests.Response]) -> tuple[requests.Response, flo
     return response, time.perf_counter() - started
 
 
-def assert_envelope(response: requests.Response, *, status: int, code: str, runtime_id: str, site: FaultSite) -> None:
+def assert_envelope(
+    response: requests.Response, *, status: int, code: str, runtime_id: str, site: FaultSite
+) -> None:
     """A JSON §5 envelope with this status and code, naming the runtime, leaking neither address nor token."""
     assert response.status_code == status, (response.status_code, response.text[:500])
     assert response.headers["Content-Type"].startswith("application/json"), response.headers
@@ -45,7 +47,13 @@ def assert_envelope(response: requests.Response, *, status: int, code: str, runt
     assert error["code"] == code, error
     assert error["runtime_id"] == runtime_id
     assert isinstance(error["message"], str) and isinstance(error["retryable"], bool)
-    for secret in (FAKE_TOKEN, "127.0.0.1", str(site.fakes.port), str(site.blackhole.port), str(site.refused.port)):
+    for secret in (
+        FAKE_TOKEN,
+        "127.0.0.1",
+        str(site.fakes.port),
+        str(site.blackhole.port),
+        str(site.refused.port),
+    ):
         assert secret not in response.text
 
 
@@ -159,29 +167,79 @@ def test_sse_stream_cut_mid_event_shows_reconnecting_on_the_browser_socket(fault
 def test_blackholed_runtime_does_not_slow_a_healthy_one(fault_site: FaultSite) -> None:
     backend = fault_site.backend
     in_flight = 8
-    started = threading.Barrier(in_flight + 1)
+    session = requests.Session()
+    healthy_paths = ["runtimes/ok/workers/", "runtimes/embedded/workers/"]
 
-    def blackholed() -> requests.Response:
-        started.wait(10)
-        return send_input(backend, "blackhole-load")
+    def healthy(index: int) -> float:
+        response, elapsed = timed(lambda: backend.api("GET", healthy_paths[index % 2], session=session))
+        assert response.status_code == 200, response.text
+        return elapsed
 
-    latencies: list[float] = []
+    baseline = [healthy(i) for i in range(10)]
+    gate = threading.Barrier(in_flight + 1)
+    first_done = threading.Event()
+
+    def blackholed() -> tuple[requests.Response, float]:
+        gate.wait(10)
+        try:
+            return timed(lambda: send_input(backend, "blackhole-load"))
+        finally:
+            first_done.set()
+
+    loaded: list[float] = []
     with ThreadPoolExecutor(max_workers=in_flight) as pool:
         futures = [pool.submit(blackholed) for _ in range(in_flight)]
-        started.wait(10)
-        session = requests.Session()
-        window_end = time.monotonic() + READ_TIMEOUT * 0.8
-        while time.monotonic() < window_end or len(latencies) < 5:
-            _, elapsed = timed(lambda: backend.api("GET", "runtimes/ok/workers/", session=session))
-            latencies.append(elapsed)
-            if len(latencies) >= 20:
-                break
-        results = [f.result(timeout=30) for f in futures]
-    codes = sorted({(r.status_code, r.json()["error"]["code"]) for r in results})
-    p50 = statistics.median(latencies)
-    print(f"healthy while {in_flight} blackholed: n={len(latencies)} p50={p50 * 1000:.0f} ms max={max(latencies) * 1000:.0f} ms; {codes}")
-    assert codes in ([(504, "runtime_timeout")], [(503, "runtime_circuit_open"), (504, "runtime_timeout")])
+        gate.wait(10)
+        # Healthy requests while all eight are stuck on the blackhole (until the first of them times out).
+        while not first_done.is_set() or len(loaded) < 5:
+            loaded.append(healthy(len(loaded)))
+        results = [future.result(timeout=30) for future in futures]
+    codes = {(r.status_code, r.json()["error"]["code"]) for r, _ in results}
+    stuck = [elapsed for _, elapsed in results]
+    p50, base_p50 = statistics.median(loaded), statistics.median(baseline)
+    print(
+        f"healthy p50 {base_p50 * 1000:.0f} ms idle, {p50 * 1000:.0f} ms (max {max(loaded) * 1000:.0f} ms, "
+        f"n={len(loaded)}) while {in_flight} requests hang on the blackhole "
+        f"({min(stuck) * 1000:.0f}-{max(stuck) * 1000:.0f} ms, {sorted(codes)})"
+    )
+    assert codes == {(504, "runtime_timeout")}
+    # The eight waited side by side (not one after another), and the healthy runtimes kept answering.
+    assert max(stuck) < READ_TIMEOUT + 1.0
     assert p50 < 1.0
+
+
+# What ``GET /api/v1/workers/`` reports for each broken runtime (its breaker may be open by now).
+LISTING_CODES = {
+    "auth-worker": "runtime_auth_failed",
+    "auth-summary": "runtime_auth_failed",
+    "err500-worker": "runtime_bad_response",
+    "err500-summary": "runtime_bad_response",
+    "notjson-worker": "runtime_bad_response",
+    "notjson-summary": "runtime_bad_response",
+    "huge-worker": "runtime_bad_response",
+    "huge-declared-worker": "runtime_bad_response",
+    "huge-summary": "runtime_bad_response",
+    "drip-worker": "runtime_timeout",
+    "drip-summary": "runtime_timeout",
+    "hang-worker": "runtime_timeout",
+    "blackhole": "runtime_timeout",
+    "blackhole-load": "runtime_timeout",
+    "refused": "runtime_unreachable",
+}
+
+
+def test_listing_every_runtime_at_once_is_partial_typed_and_bounded(fault_site: FaultSite) -> None:
+    response, elapsed = timed(lambda: fault_site.backend.api("GET", "workers/"))
+    print(f"GET /api/v1/workers/ over {len(LISTING_CODES)} broken runtimes: {elapsed * 1000:.0f} ms")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    errors = {error["runtime_id"]: error["code"] for error in body["errors"]}
+    assert set(errors) == set(LISTING_CODES)
+    for runtime_id, code in errors.items():
+        assert code in (LISTING_CODES[runtime_id], "runtime_circuit_open"), (runtime_id, code)
+    assert {"ok", "sync-remote", "ssecut"} <= {item["runtime_id"] for item in body["items"]}
+    # In parallel: about the slowest runtime's deadline (the drip: 1.5 s), not the sum of them.
+    assert elapsed < 5.0
 
 
 def test_the_backend_logged_no_unexpected_exception(fault_site: FaultSite) -> None:
