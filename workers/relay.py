@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import random
@@ -53,8 +54,10 @@ CATCH_UP_TIMEOUT = 30.0
 # Items an upstream thread may have handed to the event loop but not yet handled. Without a bound a fast
 # runtime piles thousands of events into one loop turn, before any socket's sender runs, and even browsers
 # that keep up overflow their queues and get a slow_consumer reset.
-MAX_IN_FLIGHT = 256
+MAX_IN_FLIGHT = 32
 IN_FLIGHT_POLL = 0.5
+# A repair sends at most half a browser's queue at a time, then waits (polling) for the browser to take it.
+REPAIR_POLL = 0.02
 
 
 def _setting(name: str, default: float) -> float:
@@ -187,15 +190,23 @@ class WorkerRelay:
             self.loop.create_task(self._run_repair(subscriber))
 
     async def _run_repair(self, subscriber: Subscriber) -> None:
+        # In steps of half a queue: thousands of missed events must not overflow the bounded queue they are
+        # repairing (a slow_consumer reset for a browser that reads as fast as it is sent).
+        step = max(1, subscriber.max_frames // 2)
         try:
             while subscriber.next_seq <= self.last_seq and not subscriber.closed:
+                while subscriber.queue.qsize() > step and not subscriber.closed:
+                    await asyncio.sleep(REPAIR_POLL)
+                if subscriber.closed:
+                    break
                 first = self.buffer[0].seq if self.buffer else self.last_seq + 1
                 if subscriber.next_seq >= first:
                     # From the buffer, synchronously: no event can slip in between.
-                    for item in list(self.buffer)[subscriber.next_seq - first :]:
+                    offset = subscriber.next_seq - first
+                    for item in list(itertools.islice(self.buffer, offset, offset + step)):
                         subscriber.push_event(item.seq, item.frame)
                     continue
-                await self._catch_up(subscriber, until=first - 1)
+                await self._catch_up(subscriber, until=min(first - 1, subscriber.next_seq + step - 1))
         except Exception:
             logger.exception("workers.relay.repair_failed", extra=self._ids())
             subscriber.push_control(reset_frame("history_unavailable", self.last_seq + 1))
@@ -221,7 +232,7 @@ class WorkerRelay:
                 subscriber.push_event(item.seq, event_frame(item))
         if subscriber.next_seq == start:
             # The runtime could not give the missing events: say so, and go on from what the buffer has.
-            resume = min(until + 1, self.last_seq + 1)
+            resume = self.buffer[0].seq if self.buffer else self.last_seq + 1
             subscriber.push_control(reset_frame("history_unavailable", resume))
             subscriber.next_seq = resume
 
@@ -279,8 +290,8 @@ class WorkerRelay:
             in_flight = threading.Semaphore(MAX_IN_FLIGHT)
             for item in stream:
                 while not in_flight.acquire(timeout=IN_FLIGHT_POLL):
-                    if self._closed or generation != self.generation:
-                        stream.close()  # closed or replaced while the loop was behind: nobody wants the rest
+                    if self._closed or generation != self.generation or self.loop.is_closed():
+                        stream.close()  # closed, replaced or its loop gone: nobody wants the rest
                         return
                 self._to_loop(self._on_upstream_item, generation, item, in_flight)
         except YoiError as exc:

@@ -6,8 +6,6 @@ handle whose streams the test feeds item by item (duplicates, gaps, failures, re
 
 from __future__ import annotations
 
-import asyncio
-import json
 import queue
 import threading
 import time
@@ -601,22 +599,32 @@ async def test_a_flood_from_the_upstream_does_not_reset_subscribers_that_keep_up
     fake: FakeHandle, relay_settings: SettingsWrapper
 ) -> None:
     """The upstream thread may not run ahead of the loop: a reader that drains its queue never overflows."""
-    relay_settings.YOI_RELAY_SUBSCRIBER_FRAMES = 600
+    relay_settings.YOI_RELAY_SUBSCRIBER_FRAMES = 100
     subscriber = relay_hub.subscribe("fake", "w1", after=0)
     await connected(subscriber)
 
-    async def drain() -> list[Frame]:
-        # Like the socket's sender: take every queued frame as soon as the loop lets it run.
-        frames: list[Frame] = []
-        while not frames or frames[-1].get("seq") != 5000:
-            text = await subscriber.queue.get()
-            assert text is not None
-            frames.append(json.loads(text))
-        return frames
-
-    reader = asyncio.create_task(drain())
     fake.emit(5000)  # all queued on the upstream at once: the reader thread could hand them over in one go
-    frames = await asyncio.wait_for(reader, 30)
+    frames = await subscriber_frames_until(subscriber, has_seq(5000), timeout=30)
     assert of_type("reset", frames) == []
     assert seqs(frames) == list(range(1, 5001))
     assert subscriber.resets == 0
+
+
+async def test_a_subscriber_far_behind_is_repaired_in_steps_without_a_reset(
+    fake: FakeHandle, relay_settings: SettingsWrapper
+) -> None:
+    """More missed events than a queue holds: sent half a queue at a time, never a slow_consumer reset."""
+    relay_settings.YOI_RELAY_SUBSCRIBER_FRAMES = 80
+    relay_settings.YOI_RELAY_BUFFER_EVENTS = 200
+    live = relay_hub.subscribe("fake", "w1", after=0)
+    await connected(live)
+    fake.emit(500)
+    assert seqs(await subscriber_frames_until(live, has_seq(500))) == list(range(1, 501))
+    behind = relay_hub.subscribe("fake", "w1", after=0)  # 1..300 only on the runtime, 301..500 in the buffer
+    frames = await subscriber_frames_until(behind, has_seq(500))
+    assert of_type("reset", frames) == [] and behind.resets == 0
+    assert seqs(frames) == list(range(1, 501))
+    assert fake.opened_after(main=False) == list(range(0, 300, 40))  # catch-ups of half a queue each
+    fake.emit()
+    for subscriber in (live, behind):
+        assert seqs(await subscriber_frames_until(subscriber, has_seq(501))) == [501]

@@ -141,42 +141,41 @@ async def expect_error(path: str, *, user: User | AnonymousUser, timeout: float 
 # ------------------------------------------------------------------------------------------- relay side
 
 
-async def next_subscriber_frame(subscriber: Subscriber, *, timeout: float = READ_TIMEOUT) -> Frame | None:
-    """The subscriber's next queued frame (None = the relay closed it)."""
+async def _read_queue(
+    subscriber: Subscriber, predicate: Callable[[Frame], bool] | None, timeout: float
+) -> list[Frame]:
+    """Take frames straight from the queue, as the socket's sender does (no extra task per frame)."""
+    frames: list[Frame] = []
+
+    async def read() -> None:
+        while True:
+            text = await subscriber.queue.get()
+            if text is None:
+                if predicate is None:
+                    return
+                raise AssertionError(f"{subscriber!r} was closed ({subscriber.close_code}) first; got {frames!r}")
+            frame: Frame = json.loads(text)
+            frames.append(frame)
+            if predicate is not None and predicate(frame):
+                return
+
     try:
-        text = await asyncio.wait_for(subscriber.queue.get(), timeout)
+        await asyncio.wait_for(read(), timeout)
     except TimeoutError:
-        raise AssertionError(f"{subscriber!r}: no frame within {timeout}s") from None
-    if text is None:
-        return None
-    frame: Frame = json.loads(text)
-    return frame
+        raise AssertionError(f"{subscriber!r}: timed out after {timeout}s; got {frames[-5:]!r}") from None
+    return frames
 
 
 async def subscriber_frames_until(
     subscriber: Subscriber, predicate: Callable[[Frame], bool], *, timeout: float = READ_TIMEOUT
 ) -> list[Frame]:
     """Queued frames up to and including the first that satisfies ``predicate``."""
-    deadline = time.monotonic() + timeout
-    frames: list[Frame] = []
-    while True:
-        frame = await next_subscriber_frame(subscriber, timeout=max(0.0, deadline - time.monotonic()))
-        if frame is None:
-            raise AssertionError(f"{subscriber!r} was closed ({subscriber.close_code}) first; got {frames!r}")
-        frames.append(frame)
-        if predicate(frame):
-            return frames
+    return await _read_queue(subscriber, predicate, timeout)
 
 
 async def subscriber_frames_until_closed(subscriber: Subscriber, *, timeout: float = READ_TIMEOUT) -> list[Frame]:
     """Every queued frame until the relay closes the subscriber."""
-    deadline = time.monotonic() + timeout
-    frames: list[Frame] = []
-    while True:
-        frame = await next_subscriber_frame(subscriber, timeout=max(0.0, deadline - time.monotonic()))
-        if frame is None:
-            return frames
-        frames.append(frame)
+    return await _read_queue(subscriber, None, timeout)
 
 
 def queued_frames(subscriber: Subscriber) -> list[Frame | None]:
