@@ -51,6 +51,8 @@ TERMINAL_ERRORS: tuple[type[YoiError], ...] = (RuntimeNotFound, RuntimeDisabled,
 # After this many failed attempts in a row the upstream is reported "unavailable" instead of "reconnecting".
 UNAVAILABLE_AFTER = 3
 CATCH_UP_TIMEOUT = 30.0
+# An upstream that stayed connected this long before dropping starts its backoff afresh.
+STABLE_CONNECTION = 10.0
 # Items an upstream thread may have handed to the event loop but not yet handled. Without a bound a fast
 # runtime piles thousands of events into one loop turn, before any socket's sender runs, and even browsers
 # that keep up overflow their queues and get a slow_consumer reset.
@@ -138,6 +140,7 @@ class WorkerRelay:
     _stream: EventStream | None = None
     _retry: asyncio.TimerHandle | None = None
     _linger: asyncio.TimerHandle | None = None
+    _connected_at: float | None = None
     _closed: bool = False
 
     def __repr__(self) -> str:
@@ -160,8 +163,10 @@ class WorkerRelay:
     def remove(self, subscriber: Subscriber) -> None:
         """Detach a browser; the upstream closes a little after the last one leaves."""
         subscriber.closed = True
+        if subscriber not in self.subscribers:
+            return
         self.subscribers.discard(subscriber)
-        if not self.subscribers and not self._closed:
+        if not self.subscribers and not self._closed and self._linger is None:
             linger = _setting("YOI_RELAY_LINGER_SECONDS", 2.0)
             self._linger = self.loop.call_later(linger, self.close)
 
@@ -313,7 +318,7 @@ class WorkerRelay:
             stream.close()
             return
         self._stream = stream
-        self.failures = 0
+        self._connected_at = self.loop.time()
         self._set_state("connected")
 
     def _on_upstream_item(
@@ -325,6 +330,7 @@ class WorkerRelay:
     def _on_item(self, generation: int, item: WorkerEvent | StreamReset) -> None:
         if generation != self.generation or self._closed:
             return
+        self.failures = 0  # the upstream delivers: whatever failed before is over
         if isinstance(item, StreamReset):
             self._on_reset(item)
             return
@@ -367,6 +373,9 @@ class WorkerRelay:
         self._stream = None
         if self.final_seq is not None:
             return  # the worker exited: nothing more will ever come
+        if self._connected_at is not None and self.loop.time() - self._connected_at >= STABLE_CONNECTION:
+            self.failures = 0  # it was up for a good while: this is a fresh drop, not a failing runtime
+        self._connected_at = None
         if isinstance(error, TERMINAL_ERRORS):
             frame, code = error_frame(error)
             for subscriber in list(self.subscribers):
@@ -457,7 +466,11 @@ class RelayHub:
         """Attach a browser to the worker's relay (creating it and its upstream if it is the first)."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
-            self._relays.clear()  # relays of another (finished) loop cannot be reused
+            # Relays of another (finished) loop cannot be reused: end their upstreams and forget them.
+            for stale in list(self._relays.values()):
+                with contextlib.suppress(Exception):
+                    stale.close()
+            self._relays.clear()
             self._loop = loop
         subscriber = Subscriber(
             runtime_id, worker_id, after=after, max_frames=int(_setting("YOI_RELAY_SUBSCRIBER_FRAMES", 2048))
