@@ -16,6 +16,7 @@ from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.plumbing import ResolvedComponent
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
+    Direction,
     OpenApiExample,
     OpenApiParameter,
     OpenApiResponse,
@@ -46,14 +47,17 @@ from workers.serializers import (
 
 # code -> (HTTP status, when). Statuses are what workers.exceptions / runtimes.errors answer.
 ERROR_CODES: dict[str, tuple[int, str]] = {
-    "invalid_request": (400, "body, query or id fails validation (`fields` says which); malformed JSON; body too large"),
+    "invalid_request": (400, "body, query or id fails validation (`fields` says which); bad JSON; body too big"),
     "not_authenticated": (401, "no or bad credentials (`WWW-Authenticate: Token`)"),
     "permission_denied": (403, "authenticated but not allowed; CSRF check failed (session auth)"),
     "not_found": (404, "no such URL under /api/"),
     "runtime_not_found": (404, "unknown runtime_id, or a runtime this user may not see"),
     "worker_not_found": (404, "the runtime has no such worker"),
     "method_not_allowed": (405, "the route does not take this method"),
-    "runtime_rejected": (409, "the runtime refused the command (409 when it answered 409, else 422); `upstream_code`"),
+    "runtime_rejected": (
+        409,
+        "the runtime refused the command (409 if it answered 409, else 422); `upstream_code`",
+    ),
     "unsupported_media_type": (415, "a body that is not application/json"),
     "throttled": (429, "rate limited (`Retry-After`)"),
     "internal_error": (500, "a bug in the Backend; logged, fixed message"),
@@ -88,12 +92,15 @@ API_MESSAGES: dict[str, str] = {
 EXAMPLE_RUNTIME_ID, EXAMPLE_WORKER_ID = "local", "w-c51dd3582b7743e4"
 
 
-def _yoi_error_classes(base: type[YoiError] = YoiError) -> dict[str, type[YoiError]]:
-    """``{code: class}`` of every typed error in runtimes.errors."""
+def yoi_error_classes() -> dict[str, type[YoiError]]:
+    """``{code: class}`` of every typed error defined in runtimes.errors."""
     found: dict[str, type[YoiError]] = {}
-    for cls in base.__subclasses__():
-        found.setdefault(cls.code, cls)
-        found.update({code: sub for code, sub in _yoi_error_classes(cls).items() if code not in found})
+    pending: list[type[YoiError]] = [YoiError]
+    while pending:
+        cls = pending.pop(0)
+        if cls.__module__ == YoiError.__module__:
+            found.setdefault(cls.code, cls)
+        pending.extend(cls.__subclasses__())
     return found
 
 
@@ -110,7 +117,8 @@ class ErrorSerializer(serializers.Serializer[Any]):
     runtime_id = serializers.CharField(required=False, help_text="Present when the error is about a runtime.")
     worker_id = serializers.CharField(required=False, help_text="Present when the error is about a worker.")
     retryable = serializers.BooleanField(help_text="True when the same request may succeed later unchanged.")
-    fields = serializers.DictField(
+    # The serializer metaclass moves declared fields into _declared_fields, so this does not shadow .fields.
+    fields = serializers.DictField(  # type: ignore[assignment]
         child=serializers.ListField(child=serializers.CharField()),
         required=False,
         help_text="invalid_request: `{field: [messages]}`; nested keys dotted, body-wide under non_field_errors.",
@@ -126,7 +134,7 @@ class ErrorEnvelopeSerializer(serializers.Serializer[Any]):
 
 def example_error(code: str) -> dict[str, Any]:
     """An envelope for ``code`` as the API answers it (message and retryable from the error's own class)."""
-    cls = _yoi_error_classes().get(code)
+    cls = yoi_error_classes().get(code)
     if cls is None:
         error: dict[str, Any] = {"code": code, "message": API_MESSAGES[code], "retryable": code == "throttled"}
     else:
@@ -260,7 +268,7 @@ class WorkerListAllSerializer(serializers.Serializer[Any]):
     """``GET /workers/``: workers of every visible enabled runtime; runtimes that failed are in ``errors``."""
 
     items = WorkerOutputSerializer(many=True)
-    errors = RuntimeFailureOutputSerializer(many=True)
+    errors = RuntimeFailureOutputSerializer(many=True)  # type: ignore[assignment]  # as ``fields`` above
 
 
 # --- refinements of the API's own serializers -------------------------------------------------------------------
@@ -269,33 +277,33 @@ class WorkerListAllSerializer(serializers.Serializer[Any]):
 class _RefinedSerializer(OpenApiSerializerExtension):
     """Names a serializer's component and patches what drf-spectacular cannot infer.
 
-    ``optional`` keys are left out of the body when unknown (so: not required, never null); ``properties``
+    ``not_required`` keys are left out of the body when unknown (so: not required, never null); ``properties``
     replace inferred property schemas (a Serializer class is resolved to its component, a Field is mapped).
     """
 
     component: str = ""
-    optional: tuple[str, ...] = ()
+    not_required: tuple[str, ...] = ()
     properties: dict[str, Any] = {}
     description: str = ""
 
-    def get_name(self, auto_schema: AutoSchema, direction: str) -> str | None:
+    def get_name(self, auto_schema: AutoSchema, direction: Direction) -> str | None:
         """The component name (drf-spectacular adds ``Request`` for request bodies)."""
         return self.component or None
 
-    def map_serializer(self, auto_schema: AutoSchema, direction: str) -> dict[str, Any]:
+    def map_serializer(self, auto_schema: AutoSchema, direction: Direction) -> dict[str, Any]:
         """drf-spectacular's schema, patched."""
         schema: dict[str, Any] = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
         props: dict[str, Any] = schema.setdefault("properties", {})
         for name, value in self.properties.items():
-            if isinstance(value, type) and issubclass(value, serializers.BaseSerializer):
+            if isinstance(value, type) and issubclass(value, serializers.Serializer):
                 component: ResolvedComponent = auto_schema.resolve_serializer(value, direction)
                 value = component.ref
             elif isinstance(value, serializers.Field):
                 value = auto_schema._map_serializer_field(value, direction)
             props[name] = dict(value)
-        if self.optional:
-            schema["required"] = [name for name in schema.get("required", []) if name not in self.optional]
-            for name in self.optional:
+        if self.not_required:
+            schema["required"] = [name for name in schema.get("required", []) if name not in self.not_required]
+            for name in self.not_required:
                 props.get(name, {}).pop("nullable", None)
             if not schema["required"]:
                 del schema["required"]
@@ -304,6 +312,9 @@ class _RefinedSerializer(OpenApiSerializerExtension):
         return schema
 
 
+# Text the input serializers accept: no NUL character (DRF refuses it), and not blank where they say so.
+NO_NUL_TEXT = r"^[^\x00]*$"
+NON_BLANK_TEXT = r"^[^\x00]*[^\s\x00][^\x00]*$"
 _EVENT_ID = {"oneOf": [{"type": "integer"}, {"type": "string"}], "description": "The event's sequence number."}
 _TIMESTAMP = {"type": "string", "format": "date-time"}
 
@@ -313,7 +324,7 @@ class WorkerSchema(_RefinedSerializer):
 
     target_class = WorkerOutputSerializer
     component = "Worker"
-    optional = ("created_at", "updated_at", "reason", "exit_code")
+    not_required = ("created_at", "updated_at", "reason", "exit_code")
     properties = {
         "status": {"type": "string", "description": "running | stopped | cancelled | failed"},
         "intent": {"type": "object", "additionalProperties": {}, "description": 'e.g. {"kind": "assistant"}'},
@@ -329,7 +340,7 @@ class AckSchema(_RefinedSerializer):
 
     target_class = AckOutputSerializer
     component = "Ack"
-    optional = ("transcript_sequence", "event_id")
+    not_required = ("transcript_sequence", "event_id")
     properties = {
         "status": {"type": "string", "description": "The worker's status after the command."},
         "event_id": _EVENT_ID,
@@ -383,7 +394,7 @@ class WorkerCreateSchema(_RefinedSerializer):
             "nullable": True,
             "minLength": 1,
             "maxLength": 200,
-            "pattern": r"\S",
+            "pattern": NON_BLANK_TEXT,
             "description": "A profile name as the runtime lists it (builtin:echo, or a named profile); "
             "absent or null: the runtime's default.",
         },
@@ -397,7 +408,7 @@ class WorkerCreateSchema(_RefinedSerializer):
         "initial_input": {
             "type": "string",
             "minLength": 1,
-            "pattern": r"\S",
+            "pattern": NON_BLANK_TEXT,
             "description": "First input, sent as the worker starts (non-blank, at most 1 MiB UTF-8).",
         },
         "worker_id": {"type": "string", "pattern": ID_REGEX, "description": "Ask for this id."},
@@ -414,7 +425,7 @@ class WorkerInputSchema(_RefinedSerializer):
         "content": {
             "type": "string",
             "minLength": 1,
-            "pattern": r"\S",
+            "pattern": NON_BLANK_TEXT,
             "description": "Non-blank text, at most 1 MiB (UTF-8).",
         },
         "kind": {"type": "string", "enum": list(INPUT_KINDS), "default": "user"},
@@ -426,9 +437,12 @@ class WorkerEndSchema(_RefinedSerializer):
 
     target_class = WorkerEndInputSerializer
     component = "WorkerEnd"
+    properties = {
+        "reason": {"type": "string", "nullable": True, "maxLength": 500, "pattern": NO_NUL_TEXT},
+    }
 
 
-# --- operations ---------------------------------------------------------------------------------------------------
+# --- operations -------------------------------------------------------------------------------------------------
 
 
 def _operation(

@@ -196,7 +196,7 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "DESCRIPTION": (
         "The browser API of the Yoi Workspace Backend: runtimes and their workers, addressed by "
-        "runtime_id + worker_id. Every error is the envelope {\"error\": {...}} (see ErrorEnvelope). "
+        'runtime_id + worker_id. Every error is the envelope {"error": {...}} (see ErrorEnvelope). '
         "Authenticate with the session cookie (plus X-CSRFToken on POST) or `Authorization: Token <key>`."
     ),
     "SWAGGER_UI_DIST": "SIDECAR",

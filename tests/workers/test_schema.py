@@ -161,7 +161,7 @@ def test_optional_output_keys_are_not_required(openapi: dict[str, Any]) -> None:
 def test_error_code_enum_is_the_closed_vocabulary(openapi: dict[str, Any]) -> None:
     enum = openapi["components"]["schemas"]["ErrorCodeEnum"]["enum"]
     assert set(enum) == set(api_schema.ERROR_CODES)
-    typed = api_schema._yoi_error_classes()
+    typed = api_schema.yoi_error_classes()
     source = Path(workers.exceptions.__file__).read_text("utf-8")
     api_codes = set(re.findall(r'error_body\(\s*"(\w+)"', source))
     assert set(enum) == set(typed) | api_codes
@@ -169,7 +169,8 @@ def test_error_code_enum_is_the_closed_vocabulary(openapi: dict[str, Any]) -> No
         if cls is not RuntimeRejected:
             assert api_schema.ERROR_CODES[code][0] == cls.status, code
     rejected = {RuntimeRejected(upstream_code="x", upstream_status=s).http_status for s in (400, 409, 413)}
-    assert rejected == set(api_schema.codes_for_status(409) and {409, 422})
+    assert rejected == {409, 422}
+    assert "runtime_rejected" in api_schema.codes_for_status(409)
     assert api_schema.codes_for_status(422) == ["runtime_rejected"]
     assert YoiError().code == "internal_error" and api_schema.ERROR_CODES["internal_error"][0] == 500
 
@@ -218,3 +219,16 @@ def test_docs_page_loads_only_local_static_files(user: User) -> None:
     # Nothing on the page points at another host (a CDN), in markup or in the inline script.
     assert not re.search(r"(https?:)?//[A-Za-z0-9.-]+\.[a-z]{2,}", html)
     assert '"/api/schema/"' in html
+
+
+def test_request_bodies_document_what_validation_refuses(openapi: dict[str, Any]) -> None:
+    components = openapi["components"]["schemas"]
+    content = components["WorkerInputRequest"]["properties"]["content"]
+    assert components["WorkerInputRequest"]["required"] == ["content"]
+    for text, accepted in [("hi", True), (" hi ", True), ("", False), (" \n\t", False), ("a\x00b", False)]:
+        assert (re.search(content["pattern"], text) is not None and len(text) >= content["minLength"]) is accepted
+    create = components["WorkerCreateRequest"]["properties"]
+    assert create["intent"]["properties"]["kind"]["enum"] == ["assistant", "task", "role"]
+    assert create["worker_id"]["pattern"] == "^[A-Za-z0-9_:-]{1,120}$"
+    assert (create["profile"]["maxLength"], create["profile"]["nullable"]) == (200, True)
+    assert components["WorkerEndRequest"]["properties"]["reason"]["maxLength"] == 500
