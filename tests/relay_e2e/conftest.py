@@ -274,8 +274,12 @@ class BackendLauncher:
         env: Mapping[str, str] | None = None,
         share: Backend | None = None,
         database_url: str | None = None,
+        daphne_args: Sequence[str] = (),
     ) -> Backend:
-        """A ready Backend with ``runtimes`` synced; ``share`` reuses another's database, runtimes and login."""
+        """A ready Backend with ``runtimes`` synced; ``share`` reuses another's database, runtimes and login.
+
+        ``daphne_args`` go to daphne's command line (e.g. ``--ping-interval``).
+        """
         data_dir = self.root / f"backend-{len(self.started)}"
         (data_dir / "static").mkdir(parents=True)  # STATIC_ROOT: WhiteNoise warns on every request without it
         if share is not None:
@@ -299,7 +303,7 @@ class BackendLauncher:
         log_path = data_dir / "daphne.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), ASGI_APP],
+                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), *daphne_args, ASGI_APP],
                 cwd=REPO_ROOT,
                 env=proc_env,
                 stdin=subprocess.DEVNULL,
@@ -322,7 +326,8 @@ class BackendLauncher:
 
 @pytest.fixture
 def backend_factory(tmp_path: Path, migrated_sqlite: tuple[Path, str, str]) -> Iterator[BackendFactory]:
-    """Start Backends: ``factory(runtimes=[RuntimeEntry...], env={...}, share=<Backend>, database_url=...)``."""
+    """Start Backends: ``factory(runtimes=[RuntimeEntry...], env={...}, share=<Backend>, database_url=...,
+    daphne_args=[...])``."""
     launcher = BackendLauncher(tmp_path, migrated_sqlite)
     try:
         yield launcher.start

@@ -117,3 +117,11 @@ async def test_healthy_row_of_the_same_backend_still_relays(stage: Stage) -> Non
         assert client.of_type("error") == []
     finally:
         await client.close()
+
+
+async def test_foreign_origin_is_refused_at_the_handshake(stage: Stage) -> None:
+    worker = create_worker(stage.healthy)
+    url = stage.backend.ws_url("rt-ok", worker["worker_id"])
+    with pytest.raises(InvalidStatus) as refused:
+        await WsClient.connect(url, session_key=stage.backend.session_key, origin="http://evil.example")
+    assert refused.value.response.status_code == 403

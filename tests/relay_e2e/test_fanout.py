@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.conftest import RuntimeFactory
 from tests.relay_e2e.conftest import BackendFactory, RuntimeEntry
 from tests.relay_e2e.helpers import (
@@ -84,12 +86,16 @@ def segments(client: WsClient) -> list[tuple[dict[str, Any] | None, list[int]]]:
     return parts
 
 
+@pytest.mark.slow  # 50,000 events to three sockets: ~10 s on an idle 2-core machine
 async def test_browser_that_stops_reading_gets_a_reset_and_the_others_everything(
     runtime_factory: RuntimeFactory, backend_factory: BackendFactory
 ) -> None:
     rt = runtime_factory(runtime_id="rt-slow")
     backend = backend_factory(
-        runtimes=[RuntimeEntry.of(rt)], env={"YOI_RELAY_SUBSCRIBER_FRAMES": str(SUBSCRIBER_FRAMES)}
+        runtimes=[RuntimeEntry.of(rt)],
+        env={"YOI_RELAY_SUBSCRIBER_FRAMES": str(SUBSCRIBER_FRAMES)},
+        # The slow browser answers no ping while it does not read: daphne must not drop it meanwhile.
+        daphne_args=["--ping-interval", "300", "--ping-timeout", "300"],
     )
     worker = backend.create_worker(rt.runtime_id, burst(count=SLOW_COUNT, rate=0))
     worker_id, start = worker["worker_id"], int(worker["last_seq"])
@@ -118,6 +124,7 @@ async def test_browser_that_stops_reading_gets_a_reset_and_the_others_everything
         for reset, seqs in parts[1:]:
             assert reset is not None and seqs, parts
             assert_contiguous(seqs, first=int(reset["earliest_seq"]), last=seqs[-1], who="slow, after a reset")
-        print(f"\nslow browser: {len(resets)} resets, the first at seq {parts[1][0]['earliest_seq']}")
+        first_reset = parts[1][0]["earliest_seq"] if parts[1][0] else None
+        print(f"\nslow browser: {len(resets)} resets; first at seq {first_reset} after {len(first_seqs)} events")
     finally:
         await close_all([*fast, slow])

@@ -18,9 +18,11 @@ import base64
 import contextlib
 import hashlib
 import os
+import signal
 import socket
 import ssl
 import struct
+from types import FrameType
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -177,6 +179,11 @@ class WebSocket:
             self.sock.close()
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM ends the watch like Ctrl-C does (the session is still deleted)."""
+    raise KeyboardInterrupt
+
+
 def socket_url(base_url: str, runtime_id: str, worker_id: str, after: int | None) -> str:
     """The worker's event socket URL on the Backend at ``base_url`` (http -> ws, https -> wss)."""
     parts = urlsplit(base_url)
@@ -237,6 +244,7 @@ class Command(BaseCommand):
         url = socket_url(options["url"], runtime_id, worker_id, after)
         base = urlsplit(options["url"])
         session = open_session(options["user"])
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             self._watch(url, session_key=str(session.session_key), origin=f"{base.scheme}://{base.netloc}")
         finally:
