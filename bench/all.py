@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmarks: {', '.join(unknown)}")
     signal.signal(signal.SIGTERM, exit_on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     raise_fd_limit()
 
     started = time.monotonic()
@@ -133,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
                     results[name].append(result)
                 lines.append(line)
                 print(f"{line}  ({time.monotonic() - one_started:.0f} s)", flush=True)
+    except (KeyboardInterrupt, SystemExit):
+        print("bench.all: interrupted; the running benchmark was stopped", file=sys.stderr)
+        return 130
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

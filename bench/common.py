@@ -1088,6 +1088,7 @@ def bench_main(
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) afterwards")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, exit_on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     raise_fd_limit()
     workdir = Path(tempfile.mkdtemp(prefix=f"yoi-bench-{name}-"))
     options = BenchOptions(quick=args.quick, workdir=workdir, json_out=args.json_out, keep=args.keep)
@@ -1096,8 +1097,11 @@ def bench_main(
     try:
         with Processes(workdir) as procs:
             result, line = run(options, procs)
+    except (KeyboardInterrupt, SystemExit):
+        print(f"bench.{name}: interrupted (processes stopped); logs in {workdir}", file=sys.stderr)
+        return 130
     except BaseException:
-        print(f"bench.{name}: failed; logs in {workdir}", file=sys.stderr)
+        print(f"bench.{name}: failed (processes stopped); logs in {workdir}", file=sys.stderr)
         raise
     info["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
     result = {"bench": name, "quick": args.quick, "machine": info, **result}

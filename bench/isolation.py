@@ -2,9 +2,10 @@
 
 Two runtimes are registered with the default timeouts (connect 2 s, read 10 s): a real reference runtime
 and a blackholed listener (accepts, never answers). Phase *alone*: sequential ``GET`` worker detail on
-the healthy runtime through the Backend. Phase *dead busy*: the same, while a steady open-loop stream of
-requests (``GET`` worker detail, N per second, each on its own connection and thread) goes to the dead
-runtime — they hang until the read timeout, and later fast-fail once its circuit breaker opens.
+the healthy runtime through the Backend, half before and half after the busy phase (once the dead
+requests have ended). Phase *dead busy*: the same, while a steady open-loop stream of requests (``GET``
+worker detail, 10 per second, each on its own connection and thread) goes to the dead runtime — they
+hang until the read timeout, and fast-fail once its circuit breaker opens.
 
 Target (DESIGN §9): the healthy runtime's p99 unchanged within 20 % (ratio <= 1.2).
 """
@@ -44,6 +45,9 @@ TOKEN_ENV = "YOI_BENCH_ISO_TOKEN"
 DEAD_TOKEN_ENV = "YOI_BENCH_ISO_DEAD_TOKEN"
 P99_RATIO_LIMIT = 1.2
 MAX_IN_FLIGHT = 256
+# The defaults of a runtime entry (DESIGN §7): what an operator gets without tuning.
+DEAD_CONNECT_TIMEOUT = 2.0
+DEAD_READ_TIMEOUT = 10.0
 
 
 class DeadStream:
@@ -70,6 +74,18 @@ class DeadStream:
         """Stop sending (requests in flight finish on their own daemon threads)."""
         self._stop.set()
         self._thread.join(5)
+
+    def in_flight(self) -> int:
+        """Requests sent and not finished yet."""
+        with self._lock:
+            return self.sent - sum(self.outcomes.values())
+
+    def wait_drained(self, timeout: float) -> int:
+        """Wait until no request is in flight (or ``timeout``); return how many still are."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return self.in_flight()
 
     def _pace(self) -> None:
         interval, due = 1.0 / self.rate, time.perf_counter()
@@ -114,7 +130,13 @@ def run(options: BenchOptions, procs: Processes) -> tuple[dict[str, Any], str]:
     with stubs(blackholes=[DEAD_ID]) as servers:
         specs = [
             RemoteSpec(HEALTHY_ID, rt.base_url, TOKEN_ENV),
-            RemoteSpec(DEAD_ID, servers.url(DEAD_ID), DEAD_TOKEN_ENV),
+            RemoteSpec(
+                DEAD_ID,
+                servers.url(DEAD_ID),
+                DEAD_TOKEN_ENV,
+                connect_timeout=DEAD_CONNECT_TIMEOUT,
+                read_timeout=DEAD_READ_TIMEOUT,
+            ),
         ]
         tokens = {TOKEN_ENV: rt.token, DEAD_TOKEN_ENV: secrets.token_urlsafe(24)}
         backend = start_backend(procs, options.workdir, runtimes=specs, tokens=tokens)
@@ -123,8 +145,10 @@ def run(options: BenchOptions, procs: Processes) -> tuple[dict[str, Any], str]:
         call = checked(client, "GET", f"/api/v1/runtimes/{HEALTHY_ID}/workers/{worker_id}/")
         warm_up({"healthy": call}, count=200)
 
-        log("isolation: phase alone")
-        alone = _sequential_for(call, seconds)
+        # alone (half) | dead busy | drain | alone (half): the baseline brackets the busy phase, so a
+        # drift in the machine's load hits both alike.
+        log("isolation: phase alone (1/2)")
+        alone = _sequential_for(call, seconds / 2)
         log("isolation: phase dead busy")
         stream = DeadStream(backend, f"/api/v1/runtimes/{DEAD_ID}/workers/w-dead/", rate=dead_rate)
         stream.start()
@@ -132,6 +156,11 @@ def run(options: BenchOptions, procs: Processes) -> tuple[dict[str, Any], str]:
             busy = _sequential_for(call, seconds)
         finally:
             stream.stop()
+        in_flight_at_end = stream.in_flight()
+        log(f"isolation: waiting for {in_flight_at_end} dead requests to end")
+        still = stream.wait_drained(DEAD_READ_TIMEOUT + DEAD_CONNECT_TIMEOUT + 10)
+        log("isolation: phase alone (2/2)")
+        alone += _sequential_for(call, seconds / 2)
         client.close()
         accepted = servers.blackhole_accepts
 
@@ -139,13 +168,19 @@ def run(options: BenchOptions, procs: Processes) -> tuple[dict[str, Any], str]:
     p99_ratio, p50_ratio = ratio(b["p99"], a["p99"]), ratio(b["p50"], a["p50"])
     targets = [Target("healthy p99 ratio", p99_ratio, "<=", P99_RATIO_LIMIT)]
     result: dict[str, Any] = {
-        "config": {"phase_seconds": seconds, "dead_requests_per_s": dead_rate, "dead_timeouts_s": [2.0, 10.0]},
+        "config": {
+            "phase_seconds": seconds,
+            "dead_requests_per_s": dead_rate,
+            "dead_timeouts_s": [DEAD_CONNECT_TIMEOUT, DEAD_READ_TIMEOUT],
+        },
         "healthy_alone_ms": a,
         "healthy_with_dead_busy_ms": b,
         "dead_stream": {
             "sent": stream.sent,
             "skipped_in_flight_cap": stream.skipped,
             "finished": sum(stream.outcomes.values()),
+            "in_flight_when_busy_phase_ended": in_flight_at_end,
+            "in_flight_after_drain": still,
             "outcomes": dict(stream.outcomes),
             "latency_ms": summarize(stream.latencies_ms),
             "blackhole_connections": accepted,

@@ -43,9 +43,9 @@ OK = (200, 201, 202)
 
 def run(options: BenchOptions, procs: Processes) -> tuple[dict[str, Any], str]:
     """Start a runtime and a Backend, measure both operations on both paths."""
-    sequential_count = 300 if options.quick else 1500
+    sequential_count = 300 if options.quick else 1000
     warm_count = 100 if options.quick else 300
-    duration = 1.0 if options.quick else 3.0
+    duration = 1.0 if options.quick else 2.0
 
     rt = start_runtime(procs, options.workdir, runtime_id=RUNTIME_ID)
     backend = start_backend(
