@@ -296,6 +296,9 @@ class RuntimeStatusOutputSerializer(serializers.Serializer[Any]):
         return view.error_code or None
 
 
+_STATUS_SERIALIZER = RuntimeStatusOutputSerializer()
+
+
 class RuntimeOutputSerializer(serializers.Serializer[Any]):
     """A runtime as a browser sees it: identity, kind, status, capabilities; never its address or token."""
 
@@ -308,7 +311,8 @@ class RuntimeOutputSerializer(serializers.Serializer[Any]):
 
     def get_status(self, view: Any) -> dict[str, Any]:
         """``{state, checked_at, last_seen_at, error_code}``."""
-        return dict(RuntimeStatusOutputSerializer(view).data)
+        # One shared instance: a new nested serializer per row deep-copies its fields (most of a list's time).
+        return dict(_STATUS_SERIALIZER.to_representation(view))
 
     def get_capabilities(self, view: Any) -> dict[str, Any]:
         """The cached capabilities (unknown values are null)."""

@@ -63,10 +63,14 @@ BACKEND_SETTINGS = {
     "YOI_REGISTRY_REFRESH_SECONDS": "1",
     "YOI_LOG_LEVEL": "WARNING",
 }
-CREATE_USER = (
-    "from django.contrib.auth import get_user_model; "
-    f"get_user_model().objects.create_user({USERNAME!r}, password={PASSWORD!r})"
-)
+# One process for what needs the migrated database: the user, the runtimes of the generated file, a probe.
+SETUP_SCRIPT = """
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+get_user_model().objects.create_user(%(username)r, password=%(password)r)
+call_command("sync_runtimes", "--file", %(config)r)
+call_command("probe_runtimes")
+"""
 
 
 def free_port() -> int:
@@ -195,18 +199,27 @@ def backend_env(data_dir: Path, runtime: RuntimeProcess) -> dict[str, str]:
     return env
 
 
-def manage(*args: str, env: Mapping[str, str]) -> None:
-    """Run ``manage.py`` in the Backend's environment; fail with its output when it fails."""
-    result = subprocess.run(
+def manage(*args: str, env: Mapping[str, str]) -> subprocess.Popen[str]:
+    """Start ``manage.py`` in the Backend's environment (``finish`` waits for it)."""
+    return subprocess.Popen(
         [sys.executable, str(REPO_ROOT / "manage.py"), *args],
         env=dict(env),
         cwd=REPO_ROOT,
-        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=120,
-        check=False,
     )
-    assert result.returncode == 0, f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+
+
+def finish(command: subprocess.Popen[str]) -> None:
+    """Wait for a ``manage.py`` run; fail with its output when it fails."""
+    try:
+        output, _ = command.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        command.kill()
+        output, _ = command.communicate()
+    assert command.returncode == 0, f"{' '.join(map(str, command.args))} failed:\n{output}"
 
 
 @pytest.fixture(scope="module")
@@ -227,11 +240,12 @@ def console_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleSi
     try:
         config = data_dir / "runtimes.toml"
         config.write_text(runtimes_toml(runtime), "utf-8")
-        manage("migrate", "--noinput", "-v", "0", env=site.env)
-        manage("collectstatic", "--noinput", "-v", "0", env=site.env)
-        manage("shell", "-c", CREATE_USER, env=site.env)
-        manage("sync_runtimes", "--file", str(config), env=site.env)
-        manage("probe_runtimes", env=site.env)
+        # collectstatic (production serves hashed files through WhiteNoise) runs beside the database setup.
+        collectstatic = manage("collectstatic", "--noinput", "-v", "0", env=site.env)
+        finish(manage("migrate", "--noinput", "-v", "0", env=site.env))
+        script = SETUP_SCRIPT % {"username": USERNAME, "password": PASSWORD, "config": str(config)}
+        finish(manage("shell", "-c", script, env=site.env))
+        finish(collectstatic)
         site.start_backend()
         yield site
     finally:

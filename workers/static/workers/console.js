@@ -850,6 +850,9 @@ async function loadTranscript(start) {
   if (!worker) return;
   const limit = Number($("tx-limit").value);
   const generation = ++state.tx.generation;
+  // A page asked for now wins over a pending "follow the last page" reload, until it says where it is.
+  clearTimeout(state.tx.timer);
+  state.tx.follow = false;
   let page;
   try {
     page = await api(urls.transcript(worker.runtime_id, worker.worker_id, Math.max(0, start), limit));
