@@ -118,7 +118,9 @@ def main() -> None:
         wait_for_port(http_port, backend, "the Backend")
         print(
             "\n"
+            f"  Console:      http://{HOST}:{http_port}/  (log in as the demo user)\n"
             f"  Browser API:  http://{HOST}:{http_port}/api/v1/runtimes/\n"
+            f"  API docs:     http://{HOST}:{http_port}/api/docs/\n"
             f"  Admin:        http://{HOST}:{http_port}/admin/\n"
             f"  Health:       http://{HOST}:{http_port}/healthz\n"
             "  Runtimes:     'embedded' (in the Backend process) and 'local' (a yoi-runtime process)\n"

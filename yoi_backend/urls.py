@@ -1,4 +1,7 @@
-"""Root URLconf: admin, health, the browser API; errors under /api/ answer the JSON envelope (DESIGN §5)."""
+"""Root URLconf: the console, login, admin, health, the browser API and its schema.
+
+Errors under /api/ answer the JSON envelope (DESIGN §5).
+"""
 
 from __future__ import annotations
 
