@@ -18,19 +18,22 @@ import contextlib
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import requests
 
+from tests.backend_process import (
+    QUICK_RELAY_ENV,
+    BackendProcess,
+    backend_env,
+    free_port,
+    manage_command,
+    start_backend,
+)
 from tests.runtime_process import REPO_ROOT, RuntimeProcess, example_config, kill_spawned_since, spawned_count
 from tests.runtime_process import start_runtime as spawn_runtime
 
@@ -53,16 +56,9 @@ USERNAME = "console-user"
 PASSWORD = "console-pw-for-browser-tests-5c81"
 SECRET_KEY = "browser-tests-secret-key-not-for-production-71ad"
 RUNTIME_TOKEN_ENV = "YOI_BROWSER_LOCAL_TOKEN"
-READY_TIMEOUT = 40.0
 SCREENSHOT_DIR = REPO_ROOT / "docs" / "screenshots"
 # Quick, but visible, upstream reconnects: the indicator's countdown lasts long enough to be seen.
-BACKEND_SETTINGS = {
-    "YOI_RELAY_LINGER_SECONDS": "0.5",
-    "YOI_RELAY_BACKOFF_BASE": "1.5",
-    "YOI_RELAY_BACKOFF_CAP": "2.0",
-    "YOI_REGISTRY_REFRESH_SECONDS": "1",
-    "YOI_LOG_LEVEL": "WARNING",
-}
+BACKEND_SETTINGS = {**QUICK_RELAY_ENV, "YOI_RELAY_BACKOFF_BASE": "1.5", "YOI_RELAY_BACKOFF_CAP": "2.0"}
 # One process for what needs the migrated database: the user, the runtimes of the generated file, a probe.
 SETUP_SCRIPT = """
 from django.contrib.auth import get_user_model
@@ -71,14 +67,6 @@ get_user_model().objects.create_user(%(username)r, password=%(password)r)
 call_command("sync_runtimes", "--file", %(config)r)
 call_command("probe_runtimes")
 """
-
-
-def free_port() -> int:
-    """A loopback TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def runtimes_toml(runtime: RuntimeProcess) -> str:
@@ -108,7 +96,7 @@ class ConsoleSite:
     data_dir: Path
     env: dict[str, str] = field(repr=False)
     port: int = field(default_factory=free_port)
-    backend: subprocess.Popen[bytes] | None = None
+    backend: BackendProcess | None = None
 
     @property
     def base_url(self) -> str:
@@ -134,32 +122,12 @@ class ConsoleSite:
 
     def start_backend(self) -> None:
         """Serve the Backend under daphne on ``port`` and wait for /healthz."""
-        command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)]
-        command += ["yoi_backend.asgi:application"]
-        with self.log_path.open("ab") as log:
-            self.backend = subprocess.Popen(
-                command,
-                cwd=REPO_ROOT,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.backend.poll() is not None:
-                raise AssertionError(f"daphne exited with {self.backend.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{self.base_url}/healthz", timeout=(1, 5)).status_code == 200:
-                    return
-            time.sleep(0.05)
-        raise AssertionError(f"daphne not ready within {READY_TIMEOUT}s:\n{self.log_tail()}")
+        self.backend = start_backend(env=self.env, log_path=self.log_path, port=self.port, append_log=True)
 
     def kill_backend(self) -> None:
         """SIGKILL the Backend: every browser socket drops at once, as in a crash or a network blip."""
-        if self.backend is not None and self.backend.poll() is None:
-            self.backend.send_signal(signal.SIGKILL)
-            self.backend.wait(10)
+        if self.backend is not None:
+            self.backend.kill()
 
     def kill_runtime(self) -> None:
         """SIGKILL the runtime process (its store survives)."""
@@ -169,40 +137,25 @@ class ConsoleSite:
         """Start the runtime again on the same port, store and token."""
         self.runtime = self.runtime.restart()
 
-    def log_tail(self, size: int = 6000) -> str:
-        """The end of daphne's output."""
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text("utf-8", errors="replace")[-size:]
-        return ""
 
-
-def backend_env(data_dir: Path, runtime: RuntimeProcess) -> dict[str, str]:
-    """This environment without Django/Yoi/database settings, plus the Backend's own (production mode)."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("DJANGO_", "YOI_")) and key not in {"DATABASE_URL", "REDIS_URL"}
-    }
-    env.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "yoi_backend.settings",
-            "DJANGO_SECRET_KEY": SECRET_KEY,
-            "DJANGO_DEBUG": "0",
-            "DATABASE_URL": f"sqlite:///{data_dir / 'db.sqlite3'}",
-            "YOI_DATA_DIR": str(data_dir),
+def console_env(data_dir: Path, runtime: RuntimeProcess) -> dict[str, str]:
+    """The Backend's environment in production mode (static files collected into ``data_dir/static``)."""
+    return backend_env(
+        secret_key=SECRET_KEY,
+        data_dir=data_dir,
+        database_url=f"sqlite:///{data_dir / 'db.sqlite3'}",
+        extra={
             "DJANGO_STATIC_ROOT": str(data_dir / "static"),
-            "PYTHONUNBUFFERED": "1",
             RUNTIME_TOKEN_ENV: runtime.token or "",
             **BACKEND_SETTINGS,
-        }
+        },
     )
-    return env
 
 
 def manage(*args: str, env: Mapping[str, str]) -> subprocess.Popen[str]:
     """Start ``manage.py`` in the Backend's environment (``finish`` waits for it)."""
     return subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "manage.py"), *args],
+        manage_command(*args),
         env=dict(env),
         cwd=REPO_ROOT,
         stdin=subprocess.DEVNULL,
@@ -236,7 +189,7 @@ def console_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleSi
     )
     data_dir = root / "backend"
     data_dir.mkdir()
-    site = ConsoleSite(runtime=runtime, data_dir=data_dir, env=backend_env(data_dir, runtime))
+    site = ConsoleSite(runtime=runtime, data_dir=data_dir, env=console_env(data_dir, runtime))
     try:
         config = data_dir / "runtimes.toml"
         config.write_text(runtimes_toml(runtime), "utf-8")

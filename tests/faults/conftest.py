@@ -18,14 +18,11 @@ Slow tests (``@pytest.mark.slow``) run only with ``YOI_RUN_SLOW=1`` (``.ci/run``
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import http.client
 import json
 import os
-import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -37,47 +34,28 @@ from typing import Any
 import pytest
 import requests
 
-from tests.runtime_process import REPO_ROOT
+from tests.backend_process import (
+    QUICK_RELAY_ENV,
+    BackendProcess,
+    DaphneLauncher,
+    backend_env,
+    copy_sqlite,
+    create_login,
+    sync_runtimes,
+)
 
 SLOW_ENV = "YOI_RUN_SLOW"
 SECRET_KEY = "fault-suite-secret-key-not-for-production-7b2e"
 USERNAME = "fault-browser"
 FAKE_TOKEN = "fake-runtime-token-5e0c1d"
 FAKE_WORKER_ID = "w-0001"
-READY_TIMEOUT = 40.0
 HTTP_TIMEOUT = (5.0, 30.0)
-MANAGE_TIMEOUT = 120.0
 # How long a fake may keep a connection hanging or dripping before it gives up on its own.
 FAKE_MAX_STALL = 60.0
 HUGE_BODY_BYTES = 50 * 1024 * 1024
 DRIP_INTERVAL = 0.1
-BACKEND_ENV = {
-    "DJANGO_DEBUG": "0",
-    "YOI_LOG_LEVEL": "WARNING",
-    "YOI_REGISTRY_REFRESH_SECONDS": "1",
-    "YOI_RELAY_LINGER_SECONDS": "0.5",
-    "YOI_RELAY_BACKOFF_BASE": "0.2",
-    "YOI_RELAY_BACKOFF_CAP": "1.0",
-}
-# Migrates, then creates the test user, its token and a login session (one Django start-up, not two).
-SETUP_SCRIPT = """
-import json
-from django.core.management import call_command
-call_command("migrate", interactive=False, verbosity=0)
-from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
-from django.contrib.sessions.backends.db import SessionStore
-from rest_framework.authtoken.models import Token
-user, _ = get_user_model().objects.get_or_create(username=%(username)r)
-user.set_unusable_password()
-user.save()
-session = SessionStore()
-session[SESSION_KEY] = str(user.pk)
-session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-session[HASH_SESSION_KEY] = user.get_session_auth_hash()
-session.create()
-token, _ = Token.objects.get_or_create(user=user)
-print("FAULT-SETUP " + json.dumps({"session_key": session.session_key, "token": token.key}))
-"""
+# The environment of this suite's Backends and manage.py runs: quick relay settings, the runtimes' tokens.
+fault_env = functools.partial(backend_env, secret_key=SECRET_KEY, defaults=QUICK_RELAY_ENV)
 
 
 def slow_enabled() -> bool:
@@ -94,25 +72,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("slow") and here in Path(str(item.path)).resolve().parents:
             item.add_marker(skip)
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], Any], *, timeout: float, message: str, interval: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something truthy (returned); fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {message}")
-        time.sleep(interval)
 
 
 # --------------------------------------------------------------------------------------------- runtimes rows
@@ -173,69 +132,19 @@ class FaultDatabase:
     api_token: str
 
 
-def backend_env(
-    *, data_dir: Path, database_url: str, rows: Sequence[RuntimeRow], extra: Mapping[str, str]
-) -> dict[str, str]:
-    """The environment of a Backend process or a ``manage.py`` run: ours, never the test run's Django settings."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("DJANGO_", "YOI_")) and key not in {"DATABASE_URL", "REDIS_URL"}
-    }
-    env.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "yoi_backend.settings",
-            "DJANGO_SECRET_KEY": SECRET_KEY,
-            "YOI_DATA_DIR": str(data_dir),
-            "DATABASE_URL": database_url,
-            "PYTHONUNBUFFERED": "1",
-            **BACKEND_ENV,
-        }
-    )
-    for row in rows:
-        if row.token is not None:
-            env[row.token_env] = row.token
-    env.update(extra)
-    return env
-
-
-def run_manage(
-    *args: str, env: Mapping[str, str], timeout: float = MANAGE_TIMEOUT
-) -> subprocess.CompletedProcess[str]:
-    """Run ``manage.py`` (bounded); the completed process, whatever its exit code."""
-    return subprocess.run(
-        [sys.executable, str(REPO_ROOT / "manage.py"), *args],
-        env=dict(env),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def manage_ok(*args: str, env: Mapping[str, str]) -> str:
-    """Run ``manage.py`` and fail with its output unless it exits 0; its stdout."""
-    result = run_manage(*args, env=env)
-    assert result.returncode == 0, f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
 @pytest.fixture(scope="session")
 def fault_db(tmp_path_factory: pytest.TempPathFactory) -> FaultDatabase:
     """Migrate once per session and create the user, its token and a session."""
     data_dir = tmp_path_factory.mktemp("fault-db")
     shared_url = os.environ.get("DATABASE_URL") or None
     database_url = shared_url or f"sqlite:///{data_dir / 'db.sqlite3'}"
-    env = backend_env(data_dir=data_dir, database_url=database_url, rows=(), extra={})
-    out = manage_ok("shell", "-c", SETUP_SCRIPT % {"username": USERNAME}, env=env)
-    line = next(line for line in out.splitlines() if line.startswith("FAULT-SETUP "))
-    data = json.loads(line.removeprefix("FAULT-SETUP "))
+    env = fault_env(data_dir=data_dir, database_url=database_url)
+    session_key, api_token = create_login(env, USERNAME, migrate=True)
     return FaultDatabase(
         sqlite_template=None if shared_url else data_dir / "db.sqlite3",
         database_url=shared_url,
-        session_key=str(data["session_key"]),
-        api_token=str(data["token"]),
+        session_key=session_key,
+        api_token=api_token,
     )
 
 
@@ -243,26 +152,16 @@ def fault_db(tmp_path_factory: pytest.TempPathFactory) -> FaultDatabase:
 
 
 @dataclass
-class BackendProcess:
+class FaultBackend(BackendProcess):
     """A running daphne serving the Backend, with the test user's credentials."""
 
-    port: int
-    proc: subprocess.Popen[bytes]
-    env: dict[str, str] = field(repr=False)
-    data_dir: Path
-    log_path: Path
     session_key: str = field(repr=False)
     api_token: str = field(repr=False)
 
     @property
-    def base_url(self) -> str:
-        """``http://127.0.0.1:PORT``."""
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def origin(self) -> str:
-        """An Origin the WebSocket origin validator accepts."""
-        return self.base_url
+    def data_dir(self) -> Path:
+        """The Backend's data dir (where its log lives)."""
+        return self.log_path.parent
 
     def auth(self) -> dict[str, str]:
         """The API token header."""
@@ -325,99 +224,35 @@ class BackendProcess:
                 return int(line.split()[1])
         raise AssertionError(f"{key} not in /proc/{self.proc.pid}/status")
 
-    def manage(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """``manage.py`` against this Backend's database and settings."""
-        return run_manage(*args, env=self.env)
 
-    def log_text(self, tail: int = 6000) -> str:
-        """The end of the daphne log."""
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text("utf-8", errors="replace")[-tail:]
-        return ""
-
-    def alive(self) -> bool:
-        """The process has not exited."""
-        return self.proc.poll() is None
+BackendFactory = Callable[..., FaultBackend]
 
 
-BackendFactory = Callable[..., BackendProcess]
-
-
-class BackendLauncher:
+class BackendLauncher(DaphneLauncher[FaultBackend]):
     """Starts Backends under one directory and kills them all in ``close()``."""
 
     def __init__(self, root: Path, db: FaultDatabase) -> None:
-        self.root = root
+        super().__init__(root)
         self.db = db
-        self.started: list[BackendProcess] = []
 
-    def start(self, *, rows: Sequence[RuntimeRow] = (), env: Mapping[str, str] | None = None) -> BackendProcess:
+    def start(self, *, rows: Sequence[RuntimeRow] = (), env: Mapping[str, str] | None = None) -> FaultBackend:
         """A migrated Backend with ``rows`` synced, serving on a free port, ready (``/healthz`` answers)."""
-        data_dir = self.root / f"backend-{len(self.started)}"
-        (data_dir / "static").mkdir(parents=True)
+        data_dir = self.next_data_dir()
         if self.db.sqlite_template is not None:
-            shutil.copyfile(self.db.sqlite_template, data_dir / "db.sqlite3")
-            database_url = f"sqlite:///{data_dir / 'db.sqlite3'}"
+            database_url = copy_sqlite(self.db.sqlite_template, data_dir)
         else:
             assert self.db.database_url is not None
             database_url = self.db.database_url
-        proc_env = backend_env(data_dir=data_dir, database_url=database_url, rows=rows, extra=env or {})
+        proc_env = fault_env(data_dir=data_dir, database_url=database_url, runtimes=rows, extra=env)
         if rows:
-            config = data_dir / "runtimes.toml"
-            config.write_text(runtimes_toml(rows), "utf-8")
-            manage_ok("sync_runtimes", "--file", str(config), env=proc_env)
-        port = free_port()
-        log_path = data_dir / "daphne.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "daphne",
-                    "-b",
-                    "127.0.0.1",
-                    "-p",
-                    str(port),
-                    "yoi_backend.asgi:application",
-                ],
-                cwd=REPO_ROOT,
-                env=proc_env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        backend = BackendProcess(
-            port=port,
-            proc=proc,
+            sync_runtimes(runtimes_toml(rows), data_dir=data_dir, env=proc_env)
+        return self.launch(
+            FaultBackend,
             env=proc_env,
             data_dir=data_dir,
-            log_path=log_path,
             session_key=self.db.session_key,
             api_token=self.db.api_token,
         )
-        self.started.append(backend)
-        self._wait_ready(backend)
-        return backend
-
-    @staticmethod
-    def _wait_ready(backend: BackendProcess) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if not backend.alive():
-                raise AssertionError(f"daphne exited with {backend.proc.returncode}:\n{backend.log_text()}")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{backend.base_url}/healthz", timeout=(1, 5)).status_code == 200:
-                    return
-            time.sleep(0.05)
-        raise AssertionError(f"daphne not ready within {READY_TIMEOUT:g} s:\n{backend.log_text()}")
-
-    def close(self) -> None:
-        """Kill every Backend started here."""
-        for backend in self.started:
-            if backend.proc.poll() is None:
-                backend.proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                backend.proc.wait(10)
 
 
 @pytest.fixture
@@ -805,7 +640,7 @@ SITE_DISABLED = ("sync-disabled", "sync-sentinel-1", "sync-sentinel-2")
 class FaultSite:
     """The shared Backend and what its runtime rows point at."""
 
-    backend: BackendProcess
+    backend: FaultBackend
     fakes: FakeRuntimeServer
     blackhole: BlackholeListener
     refused: RefusedPort

@@ -18,7 +18,8 @@ import pytest
 import requests
 
 from tests.conftest import RuntimeFactory
-from tests.faults.conftest import BackendFactory, BackendProcess, RuntimeRow, wait_until
+from tests.faults.conftest import BackendFactory, FaultBackend, RuntimeRow
+from tests.runtime_process import wait_until
 
 RUNTIME_ID = "rt-load"
 REQUESTS = 200
@@ -60,7 +61,7 @@ def classify(content: str, response: requests.Response, elapsed: float) -> Answe
     return Answer(content, response.status_code, code, elapsed)
 
 
-def transcript_user_contents(backend: BackendProcess, worker_id: str) -> list[str]:
+def transcript_user_contents(backend: FaultBackend, worker_id: str) -> list[str]:
     """Every user input in the worker's transcript, paging through it 200 at a time."""
     contents: list[str] = []
     start: int | None = 0

@@ -9,7 +9,6 @@ had changed anything, it would show. Nothing did: same runtime list, same answer
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -18,22 +17,14 @@ from typing import Any
 import pytest
 import requests
 
-from tests.faults.conftest import (
-    FAKE_WORKER_ID,
-    MANAGE_TIMEOUT,
-    REPO_ROOT,
-    BackendProcess,
-    FaultSite,
-    RefusedPort,
-    RuntimeRow,
-    runtimes_toml,
-    wait_until,
-)
+from tests.backend_process import MANAGE_TIMEOUT, manage_command
+from tests.faults.conftest import FAKE_WORKER_ID, FaultBackend, FaultSite, RefusedPort, RuntimeRow, runtimes_toml
+from tests.runtime_process import REPO_ROOT, wait_until
 
 REMOTE_ID = "sync-remote"
 
 
-def config_fields(backend: BackendProcess) -> dict[str, dict[str, Any]]:
+def config_fields(backend: FaultBackend) -> dict[str, dict[str, Any]]:
     """The configured part of every runtime in the Backend's list (not the status, which probes update)."""
     response = backend.api("GET", "runtimes/")
     assert response.status_code == 200, response.text
@@ -41,7 +32,7 @@ def config_fields(backend: BackendProcess) -> dict[str, dict[str, Any]]:
     return {item["runtime_id"]: {key: item[key] for key in keys} for item in response.json()["items"]}
 
 
-def command_answers(backend: BackendProcess) -> dict[str, tuple[int, Any]]:
+def command_answers(backend: FaultBackend) -> dict[str, tuple[int, Any]]:
     """A command and a query per runtime, reduced to what must not change."""
     sent = backend.api("POST", f"runtimes/{REMOTE_ID}/workers/{FAKE_WORKER_ID}/input/", {"content": "probe"})
     listed = backend.api("GET", "runtimes/embedded/workers/")
@@ -98,7 +89,7 @@ def broken_files(tmp: Path, rows: list[RuntimeRow], refused: RefusedPort, *, sen
 class Traffic:
     """A client that keeps using the Backend on a thread until stopped; counts the answers."""
 
-    def __init__(self, backend: BackendProcess) -> None:
+    def __init__(self, backend: FaultBackend) -> None:
         self.backend = backend
         self.answers: Counter[tuple[str, int]] = Counter()
         self._stop = threading.Event()
@@ -159,7 +150,7 @@ def test_broken_runtimes_files_change_nothing_while_the_backend_serves(
     with Traffic(backend) as traffic:
         procs = {
             name: subprocess.Popen(
-                [sys.executable, str(REPO_ROOT / "manage.py"), "sync_runtimes", "--file", str(path)]
+                manage_command("sync_runtimes", "--file", str(path))
                 + (["--prune"] if name == "bad-timeout" else []),
                 env=backend.env,
                 cwd=REPO_ROOT,
@@ -189,7 +180,7 @@ def test_broken_runtimes_files_change_nothing_while_the_backend_serves(
         def sentinel_served() -> bool:
             return backend.api("GET", f"runtimes/{sentinel}/workers/").status_code == 200
 
-        wait_until(sentinel_served, timeout=20, message="the Backend to pick up the valid file")
+        wait_until(sentinel_served, timeout=20, interval=0.05, message="the Backend to pick up the valid file")
 
     for name, (code, output) in results.items():
         assert code != 0, f"{name}: exit 0\n{output}"

@@ -19,13 +19,13 @@ import pytest
 import requests
 from websockets.sync.client import connect as ws_connect
 
-from tests.faults.conftest import FAKE_TOKEN, FAKE_WORKER_ID, BackendProcess, FaultSite
+from tests.faults.conftest import FAKE_TOKEN, FAKE_WORKER_ID, FaultBackend, FaultSite
 
 READ_TIMEOUT = 1.0  # every fault row's read timeout
 INPUT_BODY = {"content": "hello"}
 
 
-def send_input(backend: BackendProcess, runtime_id: str, **kwargs: Any) -> requests.Response:
+def send_input(backend: FaultBackend, runtime_id: str, **kwargs: Any) -> requests.Response:
     """POST an input to the fake worker of ``runtime_id``."""
     return backend.api("POST", f"runtimes/{runtime_id}/workers/{FAKE_WORKER_ID}/input/", INPUT_BODY, **kwargs)
 

@@ -24,9 +24,6 @@ import json
 import os
 import re
 import secrets
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -48,7 +45,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.runtime_process import REPO_ROOT, RuntimeProcess, kill_spawned_since, spawned_count, start_runtime
+from tests.backend_process import BackendProcess, backend_env, free_port, manage, start_backend
+from tests.runtime_process import RuntimeProcess, kill_spawned_since, spawned_count, start_runtime
 from workers.schema import MAPPED_UPSTREAM_CODES
 from workers.urls import urlpatterns as worker_urlpatterns
 
@@ -60,7 +58,6 @@ pytestmark = [
 
 MAX_EXAMPLES = int(os.environ.get("YOI_FUZZ_MAX_EXAMPLES", "25"))
 BUDGET_SECONDS = float(os.environ.get("YOI_FUZZ_BUDGET_SECONDS", "240"))
-READY_TIMEOUT = 40.0
 HTTP_TIMEOUT = 20.0
 USERNAME = "fuzzer"
 REMOTE_TOKEN_ENV = "YOI_FUZZ_REMOTE_TOKEN"
@@ -71,13 +68,6 @@ SETUP_SCRIPT = f"""
 from django.contrib.auth import get_user_model
 get_user_model().objects.create_user({USERNAME!r}, password=None)
 """
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -130,36 +120,6 @@ read_timeout = 2.0
 """
 
 
-def manage(env: dict[str, str], *args: str) -> str:
-    """Run a manage.py command in the Backend's environment; its stdout."""
-    done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "manage.py"), *args],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, f"manage.py {args[0]} failed:\n{done.stderr[-3000:]}"
-    return done.stdout
-
-
-def wait_ready(base_url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
-    """Wait (bounded) until /healthz answers."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"daphne exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
-        try:
-            if requests.get(base_url + "/healthz", timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"daphne not ready within {READY_TIMEOUT}s:\n{log_path.read_text()[-3000:]}")
-
-
 def seed_workers(backend: FuzzBackend) -> None:
     """A running and a stopped echo worker on each live runtime, for fuzzed ids to point at."""
     for runtime_id in ("embedded", "remote"):
@@ -181,66 +141,43 @@ def backend(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReq
     """A Backend under daphne with three runtimes, a user and an API token; stopped (and summarized) after."""
     tmp = tmp_path_factory.mktemp("fuzz")
     marker = spawned_count()
-    proc: subprocess.Popen[bytes] | None = None
+    daphne: BackendProcess | None = None
     fuzz: FuzzBackend | None = None
     try:
         remote_token = secrets.token_urlsafe(24)
         remote = start_runtime(tmp / "runtime", runtime_id="remote", token=remote_token)
         data_dir = tmp / "data"
         data_dir.mkdir()
-        env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "yoi_backend.settings",
-            "DJANGO_DEBUG": "0",
-            "DJANGO_SECRET_KEY": secrets.token_urlsafe(32),
-            "DATABASE_URL": f"sqlite:///{data_dir / 'db.sqlite3'}",
-            "YOI_DATA_DIR": str(data_dir),
-            "YOI_LOG_LEVEL": "WARNING",
-            "YOI_REGISTRY_REFRESH_SECONDS": "1",
-            REMOTE_TOKEN_ENV: remote_token,
-            "PYTHONUNBUFFERED": "1",
-        }
+        env = backend_env(
+            secret_key=secrets.token_urlsafe(32),
+            data_dir=data_dir,
+            database_url=f"sqlite:///{data_dir / 'db.sqlite3'}",
+            extra={
+                "YOI_LOG_LEVEL": "WARNING",
+                "YOI_REGISTRY_REFRESH_SECONDS": "1",
+                REMOTE_TOKEN_ENV: remote_token,
+            },
+        )
         config = tmp / "runtimes.toml"
         config.write_text(runtimes_toml(remote), "utf-8")
-        manage(env, "migrate", "--noinput", "-v", "0")
-        manage(env, "sync_runtimes", "--file", str(config))
-        manage(env, "shell", "-c", SETUP_SCRIPT)
-        token = manage(env, "drf_create_token", USERNAME).split()[2]
+        manage("migrate", "--noinput", "-v", "0", env=env)
+        manage("sync_runtimes", "--file", str(config), env=env)
+        manage("shell", "-c", SETUP_SCRIPT, env=env)
+        token = manage("drf_create_token", USERNAME, env=env).split()[2]
 
-        port = free_port()
-        log_path = tmp / "daphne.log"
-        daphne = [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "yoi_backend.asgi:application",
-        ]
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                daphne, env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-            )
+        daphne = start_backend(env=env, log_path=tmp / "daphne.log")
         fuzz = FuzzBackend(
-            base_url=f"http://127.0.0.1:{port}",
+            base_url=daphne.base_url,
             token=token,
-            log_path=log_path,
+            log_path=daphne.log_path,
             runtime_ids=["embedded", "remote", DEAD_RUNTIME_ID],
             workers=[],
         )
-        wait_ready(fuzz.base_url, proc, log_path)
         seed_workers(fuzz)
         yield fuzz
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        if daphne is not None:
+            daphne.stop(15)
         kill_spawned_since(marker)
         if fuzz is not None:
             report(request, fuzz)

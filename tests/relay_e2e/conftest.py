@@ -9,55 +9,33 @@ killed in the finalizer; its log is kept in the test's tmp dir and shown when a 
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from tests.runtime_process import REPO_ROOT, RuntimeProcess
+from tests.backend_process import (
+    QUICK_RELAY_ENV,
+    BackendProcess,
+    DaphneLauncher,
+    backend_env,
+    copy_sqlite,
+    create_login,
+    manage,
+    sync_runtimes,
+)
+from tests.runtime_process import RuntimeProcess
 
 SECRET_KEY = "relay-e2e-secret-key-not-for-production-4d1c"
 USERNAME = "e2e-browser"
-READY_TIMEOUT = 40.0
-ASGI_APP = "yoi_backend.asgi:application"
 HTTP_TIMEOUT = (5, 30)
-# Settings every e2e Backend gets unless a test overrides them: quick reconnects, short linger.
-DEFAULT_ENV = {
-    "YOI_RELAY_LINGER_SECONDS": "0.5",
-    "YOI_RELAY_BACKOFF_BASE": "0.2",
-    "YOI_RELAY_BACKOFF_CAP": "1.0",
-    "YOI_REGISTRY_REFRESH_SECONDS": "1",
-    "YOI_LOG_LEVEL": "WARNING",
-}
-# The script run in the Backend's environment to create the test user, its token and a login session.
-SETUP_SCRIPT = """
-import json
-from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
-from django.contrib.sessions.backends.db import SessionStore
-from rest_framework.authtoken.models import Token
-user, _ = get_user_model().objects.get_or_create(username=%(username)r)
-user.set_unusable_password()
-user.save()
-session = SessionStore()
-session[SESSION_KEY] = str(user.pk)
-session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-session[HASH_SESSION_KEY] = user.get_session_auth_hash()
-session.create()
-token, _ = Token.objects.get_or_create(user=user)
-print("E2E-SETUP " + json.dumps({"session_key": session.session_key, "token": token.key}))
-"""
+# The environment of this suite's Backends and manage.py runs: quick relay settings, the runtimes' tokens.
+relay_env = functools.partial(backend_env, secret_key=SECRET_KEY, defaults=QUICK_RELAY_ENV)
 
 
 @dataclass(frozen=True)
@@ -104,24 +82,10 @@ class Site:
 
 
 @dataclass
-class Backend:
-    """A running daphne process serving the Backend."""
+class Backend(BackendProcess):
+    """A running daphne process serving the Backend, with its site's credentials."""
 
-    port: int
     site: Site
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    env: dict[str, str] = field(repr=False)
-
-    @property
-    def base_url(self) -> str:
-        """``http://127.0.0.1:PORT``."""
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def origin(self) -> str:
-        """An Origin header the Backend's AllowedHostsOriginValidator accepts."""
-        return self.base_url
 
     @property
     def session_key(self) -> str:
@@ -165,90 +129,15 @@ class Backend:
         worker: dict[str, Any] = response.json()
         return worker
 
-    def log_text(self, tail: int = 6000) -> str:
-        """The end of the process's output (stdout and stderr)."""
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text("utf-8", errors="replace")[-tail:]
-        return ""
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it lingers."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
 
 BackendFactory = Callable[..., Backend]
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now (127.0.0.1)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def backend_env(
-    *, data_dir: Path, database_url: str | None, runtimes: Sequence[RuntimeEntry], extra: Mapping[str, str]
-) -> dict[str, str]:
-    """The environment of a Backend process: this one minus Django/Yoi/database settings, plus ours."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("DJANGO_", "YOI_")) and key not in {"DATABASE_URL", "REDIS_URL"}
-    }
-    env.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "yoi_backend.settings",
-            "DJANGO_SECRET_KEY": SECRET_KEY,
-            "DJANGO_DEBUG": "0",
-            "YOI_DATA_DIR": str(data_dir),
-            "PYTHONUNBUFFERED": "1",
-            **DEFAULT_ENV,
-        }
-    )
-    if database_url:
-        env["DATABASE_URL"] = database_url
-    for entry in runtimes:
-        if entry.token is not None:
-            env[entry.token_env] = entry.token
-    env.update(extra)
-    return env
-
-
-def manage(*args: str, env: Mapping[str, str], timeout: float = 120) -> str:
-    """Run ``manage.py`` with ``env``; its stdout (fails with its output when it fails)."""
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "manage.py"), *args],
-        env=dict(env),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert result.returncode == 0, f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
 def prepare_database(*, data_dir: Path, database_url: str | None) -> tuple[str, str]:
     """Migrate and create the test user; its ``(session_key, api_token)``."""
-    env = backend_env(data_dir=data_dir, database_url=database_url, runtimes=(), extra={})
+    env = relay_env(data_dir=data_dir, database_url=database_url)
     manage("migrate", "--noinput", "-v", "0", env=env)
-    return create_login(env)
-
-
-def create_login(env: Mapping[str, str]) -> tuple[str, str]:
-    """A fresh session (and the API token) of the test user, in the database ``env`` points at."""
-    out = manage("shell", "-c", SETUP_SCRIPT % {"username": USERNAME}, env=env)
-    line = next(line for line in out.splitlines() if line.startswith("E2E-SETUP "))
-    data = json.loads(line.removeprefix("E2E-SETUP "))
-    return str(data["session_key"]), str(data["token"])
+    return create_login(env, USERNAME)
 
 
 @pytest.fixture(scope="session")
@@ -259,13 +148,12 @@ def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str
     return data_dir / "db.sqlite3", session_key, token
 
 
-class BackendLauncher:
+class BackendLauncher(DaphneLauncher[Backend]):
     """Starts Backends under ``root`` (see the module docstring) and kills them all in ``close()``."""
 
     def __init__(self, root: Path, template: tuple[Path, str, str]) -> None:
-        self.root = root
+        super().__init__(root)
         self.template = template
-        self.started: list[Backend] = []
 
     def start(
         self,
@@ -280,8 +168,7 @@ class BackendLauncher:
 
         ``daphne_args`` go to daphne's command line (e.g. ``--ping-interval``).
         """
-        data_dir = self.root / f"backend-{len(self.started)}"
-        (data_dir / "static").mkdir(parents=True)  # STATIC_ROOT: WhiteNoise warns on every request without it
+        data_dir = self.next_data_dir()
         if share is not None:
             site = share.site
         else:
@@ -289,39 +176,13 @@ class BackendLauncher:
                 session_key, token = prepare_database(data_dir=data_dir, database_url=database_url)
             else:
                 template, session_key, token = self.template
-                shutil.copyfile(template, data_dir / "db.sqlite3")
-                database_url = f"sqlite:///{data_dir / 'db.sqlite3'}"
+                database_url = copy_sqlite(template, data_dir)
             site = Site(database_url, tuple(runtimes), session_key, token)
-        proc_env = backend_env(
-            data_dir=data_dir, database_url=site.database_url, runtimes=site.runtimes, extra=env or {}
-        )
+        proc_env = relay_env(data_dir=data_dir, database_url=site.database_url, runtimes=site.runtimes, extra=env)
         if share is None and site.runtimes:
-            config = data_dir / "runtimes.toml"
-            config.write_text("\n".join(entry.toml() for entry in site.runtimes), "utf-8")
-            manage("sync_runtimes", "--file", str(config), env=proc_env)
-        port = free_port()
-        log_path = data_dir / "daphne.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), *daphne_args, ASGI_APP],
-                cwd=REPO_ROOT,
-                env=proc_env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        backend = Backend(port=port, site=site, proc=proc, log_path=log_path, env=proc_env)
-        self.started.append(backend)
-        wait_ready(backend)
-        return backend
-
-    def close(self) -> None:
-        """SIGKILL every Backend started here."""
-        for backend in self.started:
-            if backend.proc.poll() is None:
-                backend.proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                backend.proc.wait(10)
+            toml = "\n".join(entry.toml() for entry in site.runtimes)
+            sync_runtimes(toml, data_dir=data_dir, env=proc_env)
+        return self.launch(Backend, env=proc_env, data_dir=data_dir, daphne_args=daphne_args, site=site)
 
 
 @pytest.fixture
@@ -333,16 +194,3 @@ def backend_factory(tmp_path: Path, migrated_sqlite: tuple[Path, str, str]) -> I
         yield launcher.start
     finally:
         launcher.close()
-
-
-def wait_ready(backend: Backend) -> None:
-    """Poll ``/healthz`` until it answers 200 (bounded); fail with the process's output otherwise."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if backend.proc.poll() is not None:
-            raise AssertionError(f"daphne exited with {backend.proc.returncode}:\n{backend.log_text()}")
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(f"{backend.base_url}/healthz", timeout=(1, 5)).status_code == 200:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"daphne not ready within {READY_TIMEOUT}s:\n{backend.log_text()}")

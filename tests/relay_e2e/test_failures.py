@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.relay_e2e.conftest import Backend, BackendLauncher, RuntimeEntry, free_port
+from tests.backend_process import free_port
+from tests.relay_e2e.conftest import Backend, BackendLauncher, RuntimeEntry
 from tests.relay_e2e.ws_client import WsClient
 from tests.runtime_process import (
     RuntimeProcess,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,26 +10,6 @@ import pytest
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from runtimes.registry import registry
-
-POLL_INTERVAL = 0.01
-
-
-def wait_until(predicate: Callable[[], bool], *, timeout: float, message: str = "condition") -> None:
-    """Poll ``predicate`` until it holds; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {message}")
-        time.sleep(POLL_INTERVAL)
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then released): connecting to it is refused."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Listener:

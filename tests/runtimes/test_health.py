@@ -19,7 +19,8 @@ from runtimes.health import probe_runtimes, runtime_call, runtime_probe
 from runtimes.models import Runtime
 from runtimes.registry import registry
 from runtimes.selectors import runtime_get_visible, runtime_list_visible
-from tests.runtimes.conftest import Listener, ListenerFactory, free_port
+from tests.backend_process import free_port
+from tests.runtimes.conftest import Listener, ListenerFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("isolated_data_dir")]
 

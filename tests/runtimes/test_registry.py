@@ -24,7 +24,9 @@ from runtimes.handles.base import RuntimeHandle
 from runtimes.handles.embedded import EmbeddedRuntimeHandle
 from runtimes.models import Runtime
 from runtimes.registry import RuntimeConnection, RuntimeRegistry, registry
-from tests.runtimes.conftest import Listener, free_port, wait_until
+from tests.backend_process import free_port
+from tests.runtime_process import wait_until
+from tests.runtimes.conftest import Listener
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("isolated_data_dir")]
 

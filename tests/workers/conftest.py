@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from rest_framework.test import APIClient
 
 from runtimes.models import Runtime
 from runtimes.registry import registry
+from tests.backend_process import free_port
 
 DEAD_TOKEN_ENV = "YOI_TEST_API_DEAD_RUNTIME_TOKEN"
 DEAD_TOKEN_VALUE = "dead-runtime-token-9b1e77c2-never-shown"
@@ -60,13 +60,6 @@ def anon_client() -> APIClient:
 def embedded_runtime(db: None) -> Runtime:
     """An enabled embedded runtime row ``local`` (its store lives in the test's data dir)."""
     return Runtime.objects.create(runtime_id="local", display_name="Local", kind=Runtime.Kind.EMBEDDED)
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

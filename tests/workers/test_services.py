@@ -12,7 +12,7 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 from runtimes.errors import RuntimeDisabled, RuntimeNotFound, RuntimeRejected, RuntimeUnreachable, WorkerNotFound
 from runtimes.models import AuditEvent, Runtime
 from runtimes.types import WorkerDetail, WorkerSpec
-from tests.runtimes.conftest import wait_until
+from tests.runtime_process import wait_until
 from workers.services import (
     RuntimeFailure,
     worker_cancel,
