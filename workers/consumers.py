@@ -18,18 +18,16 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from runtimes.errors import InvalidRequest, YoiError
 from runtimes.types import WorkerDetail
-from workers.backpressure import pending_write_bytes
 from workers.frames import error_frame
 from workers.relay import Subscriber, relay_hub
 from workers.serializers import id_errors
 from workers.services import worker_get
+from workers.transport import WRITE_HIGH_WATER, direct_writer, pending_write_bytes
 
 logger = logging.getLogger(__name__)
 
 ANONYMOUS_CLOSE_CODE = 4401
 MAX_AFTER = 2**53 - 1
-# A browser with more than this many bytes sent but not yet read is slow: frames wait in its bounded queue.
-WRITE_HIGH_WATER = 256 * 1024
 DRAIN_POLL_SECONDS = 0.02
 
 _worker_get = database_sync_to_async(worker_get, thread_sensitive=False)
@@ -87,13 +85,27 @@ class WorkerEventsConsumer(AsyncJsonWebsocketConsumer):
             # once with nothing to send, and the relay would take that for a drop and reconnect forever.
             await self.close(code=1000)
             return
-        self.subscriber = relay_hub.subscribe(runtime_id, worker_id, after=cursor)
+        # Under daphne the relay writes frames to this socket directly while it keeps up (no task wake-up
+        # per frame); this consumer's sender takes over while the browser is backed up.
+        writer = direct_writer(self.base_send)
+        self.subscriber = relay_hub.subscribe(runtime_id, worker_id, after=cursor, writer=writer)
         self.sender = asyncio.create_task(self._send_frames(self.subscriber))
 
     async def _send_frames(self, subscriber: Subscriber) -> None:
-        """Send queued frames in order, waiting while the browser's transport is backed up."""
+        """Send queued frames in order, waiting while the browser's transport is backed up.
+
+        With a direct writer the relay sends while the socket keeps up and this task only runs while
+        ``handoff`` is set: it empties the queue, then hands delivery back.
+        """
         while True:
-            frame = await subscriber.queue.get()
+            if subscriber.writer is None:
+                frame = await subscriber.queue.get()
+            elif subscriber.queue.empty():
+                subscriber.handoff.clear()  # caught up: the relay writes directly again
+                await subscriber.handoff.wait()
+                continue
+            else:
+                frame = subscriber.queue.get_nowait()
             if frame is None:
                 await self.close(code=subscriber.close_code or 1000)
                 return

@@ -24,7 +24,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from django.conf import settings
 from django.db import close_old_connections
@@ -53,10 +53,11 @@ UNAVAILABLE_AFTER = 3
 CATCH_UP_TIMEOUT = 30.0
 # An upstream that stayed connected this long before dropping starts its backoff afresh.
 STABLE_CONNECTION = 10.0
-# Items an upstream thread may have handed to the event loop but not yet handled. Without a bound a fast
-# runtime piles thousands of events into one loop turn, before any socket's sender runs, and even browsers
-# that keep up overflow their queues and get a slow_consumer reset.
-MAX_IN_FLIGHT = 32
+# Items an upstream thread may have handed to the event loop but not yet handled (at most half a browser's
+# queue). Without a bound a fast runtime piles thousands of events into one loop turn, before any socket
+# is written, and even browsers that keep up overflow their queues and get a slow_consumer reset. The loop
+# takes what has queued in one wake-up, so a larger bound means fewer, larger batches.
+MAX_IN_FLIGHT = 256
 IN_FLIGHT_POLL = 0.5
 # A repair sends at most half a browser's queue at a time, then waits (polling) for the browser to take it.
 REPAIR_POLL = 0.02
@@ -66,15 +67,33 @@ def _setting(name: str, default: float) -> float:
     return float(getattr(settings, name, default))
 
 
-class Subscriber:
-    """One browser's view of a relay: its cursor and its bounded queue of frames (``None`` = close)."""
+class FrameWriter(Protocol):
+    """Writes a frame to a browser's socket synchronously (see workers.transport.DirectWriter)."""
 
-    def __init__(self, runtime_id: str, worker_id: str, *, after: int, max_frames: int) -> None:
+    def writable(self) -> bool: ...
+
+    def write(self, text: str) -> None: ...
+
+
+class Subscriber:
+    """One browser's view of a relay: its cursor and its bounded queue of frames (``None`` = close).
+
+    With a ``writer`` a frame is written to the socket the moment the relay produces it, while the socket
+    keeps up; frames queue only while it is backed up (or to close it), and then ``handoff`` is set: the
+    socket's sender task owns delivery until it has emptied the queue. Without one the sender task sends
+    every frame from the queue.
+    """
+
+    def __init__(
+        self, runtime_id: str, worker_id: str, *, after: int, max_frames: int, writer: FrameWriter | None = None
+    ) -> None:
         self.runtime_id = runtime_id
         self.worker_id = worker_id
         self.next_seq = after + 1
         self.max_frames = max_frames
+        self.writer = writer
         self.queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self.handoff = asyncio.Event()
         self.repairing = False
         self.closed = False
         self.close_code: int | None = None
@@ -97,13 +116,23 @@ class Subscriber:
                 "workers.relay.slow_consumer_reset",
                 extra={"runtime_id": self.runtime_id, "worker_id": self.worker_id, "seq": seq},
             )
-        self.queue.put_nowait(frame)
+        self._push(frame)
         self.next_seq = seq + 1
 
     def push_control(self, frame: str) -> None:
         """Queue a frame outside the event sequence (state, reset, error)."""
         if not self.closed:
-            self.queue.put_nowait(frame)
+            self._push(frame)
+
+    def _push(self, frame: str) -> None:
+        writer = self.writer
+        if writer is not None and not self.handoff.is_set():
+            # Nothing is queued while handoff is clear: writing now keeps the order.
+            if writer.writable():
+                writer.write(frame)
+                return
+            self.handoff.set()  # backed up: the sender waits for the browser, then sends what queued
+        self.queue.put_nowait(frame)
 
     def finish(self, close_code: int = 1000) -> None:
         """Close the socket once every queued frame is sent."""
@@ -111,6 +140,7 @@ class Subscriber:
             self.closed = True
             self.close_code = close_code
             self.queue.put_nowait(None)
+            self.handoff.set()
 
 
 @dataclass
@@ -142,6 +172,13 @@ class WorkerRelay:
     _linger: asyncio.TimerHandle | None = None
     _connected_at: float | None = None
     _closed: bool = False
+    # Upstream items handed over by the reader thread, taken by the loop in one wake-up (see _hand_over).
+    _inbox: deque[tuple[int, WorkerEvent | StreamReset, threading.Semaphore]] = field(default_factory=deque)
+    _inbox_lock: threading.Lock = field(default_factory=threading.Lock)
+    _inbox_scheduled: bool = False
+
+    def __post_init__(self) -> None:
+        self.buffer = deque(self.buffer, maxlen=int(_setting("YOI_RELAY_BUFFER_EVENTS", 4096)))
 
     def __repr__(self) -> str:
         return f"WorkerRelay(runtime_id={self.runtime_id!r}, worker_id={self.worker_id!r}, state={self.state!r})"
@@ -292,13 +329,14 @@ class WorkerRelay:
         try:
             stream = registry.call(self.runtime_id, lambda handle: handle.open_events(self.worker_id, after=after))
             self._to_loop(self._on_connected, generation, stream)
-            in_flight = threading.Semaphore(MAX_IN_FLIGHT)
+            frames = int(_setting("YOI_RELAY_SUBSCRIBER_FRAMES", 2048))
+            in_flight = threading.Semaphore(max(1, min(MAX_IN_FLIGHT, frames // 2)))
             for item in stream:
                 while not in_flight.acquire(timeout=IN_FLIGHT_POLL):
                     if self._closed or generation != self.generation or self.loop.is_closed():
                         stream.close()  # closed, replaced or its loop gone: nobody wants the rest
                         return
-                self._to_loop(self._on_upstream_item, generation, item, in_flight)
+                self._hand_over(generation, item, in_flight)
         except YoiError as exc:
             error = exc
         except Exception:
@@ -321,11 +359,24 @@ class WorkerRelay:
         self._connected_at = self.loop.time()
         self._set_state("connected")
 
-    def _on_upstream_item(
-        self, generation: int, item: WorkerEvent | StreamReset, in_flight: threading.Semaphore
-    ) -> None:
-        in_flight.release()
-        self._on_item(generation, item)
+    def _hand_over(self, generation: int, item: WorkerEvent | StreamReset, in_flight: threading.Semaphore) -> None:
+        """Give the loop an upstream item (reader thread). The loop is woken once for all the items that
+        queue up before it runs, not once per event: a wake-up is a self-pipe write and read."""
+        with self._inbox_lock:
+            self._inbox.append((generation, item, in_flight))
+            if self._inbox_scheduled:
+                return
+            self._inbox_scheduled = True
+        self._to_loop(self._take_inbox)
+
+    def _take_inbox(self) -> None:
+        with self._inbox_lock:
+            items = list(self._inbox)
+            self._inbox.clear()
+            self._inbox_scheduled = False
+        for generation, item, in_flight in items:
+            in_flight.release()
+            self._on_item(generation, item)
 
     def _on_item(self, generation: int, item: WorkerEvent | StreamReset) -> None:
         if generation != self.generation or self._closed:
@@ -350,9 +401,7 @@ class WorkerRelay:
             self.buffer.clear()  # continuity broken: the buffer restarts here; subscribers repair the gap
         self.last_seq = seq
         buffered = _Buffered(seq, frame, kind)
-        self.buffer.append(buffered)
-        while len(self.buffer) > int(_setting("YOI_RELAY_BUFFER_EVENTS", 4096)):
-            self.buffer.popleft()
+        self.buffer.append(buffered)  # bounded: the oldest event falls out
         if kind == FINAL_EVENT:
             self.final_seq = seq
         for subscriber in list(self.subscribers):
@@ -462,8 +511,11 @@ class RelayHub:
         """The live relays (for tests and diagnostics)."""
         return list(self._relays.values())
 
-    def subscribe(self, runtime_id: str, worker_id: str, *, after: int) -> Subscriber:
-        """Attach a browser to the worker's relay (creating it and its upstream if it is the first)."""
+    def subscribe(
+        self, runtime_id: str, worker_id: str, *, after: int, writer: FrameWriter | None = None
+    ) -> Subscriber:
+        """Attach a browser to the worker's relay (creating it and its upstream if it is the first); with a
+        ``writer`` its frames are written to the socket directly while it keeps up."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             # Relays of another (finished) loop cannot be reused: end their upstreams and forget them.
@@ -472,9 +524,8 @@ class RelayHub:
                     stale.close()
             self._relays.clear()
             self._loop = loop
-        subscriber = Subscriber(
-            runtime_id, worker_id, after=after, max_frames=int(_setting("YOI_RELAY_SUBSCRIBER_FRAMES", 2048))
-        )
+        max_frames = int(_setting("YOI_RELAY_SUBSCRIBER_FRAMES", 2048))
+        subscriber = Subscriber(runtime_id, worker_id, after=after, max_frames=max_frames, writer=writer)
         key = (runtime_id, worker_id)
         relay = self._relays.get(key)
         if relay is None:

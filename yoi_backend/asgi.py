@@ -1,13 +1,20 @@
-"""ASGI entry point: HTTP through Django, WebSocket through Channels (added by the relay)."""
+"""ASGI entry point: HTTP through Django (on a pool of request threads, see handler.py), WebSocket through
+Channels (the event relay)."""
 
 from __future__ import annotations
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "yoi_backend.settings")
-django_asgi_app = get_asgi_application()
+django.setup(set_prefix=False)
+
+from django.conf import settings  # noqa: E402
+
+from yoi_backend.handler import PooledASGIHandler  # noqa: E402
+
+django_asgi_app = PooledASGIHandler(max_threads=settings.YOI_HTTP_THREADS)
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

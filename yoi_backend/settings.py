@@ -71,6 +71,9 @@ YOI_RUNTIMES_CONFIG = env_str("YOI_RUNTIMES_CONFIG", "")
 YOI_STATUS_STALE_SECONDS = env_float("YOI_STATUS_STALE_SECONDS", 30.0)
 # How often a running process re-reads runtime rows to pick up admin / sync changes.
 YOI_REGISTRY_REFRESH_SECONDS = env_float("YOI_REGISTRY_REFRESH_SECONDS", 2.0)
+# Threads serving HTTP requests (yoi_backend/handler.py). A request holds its thread while it waits on a
+# runtime, so this bounds how many requests can wait at once; each thread keeps one database connection.
+YOI_HTTP_THREADS = int(env_float("YOI_HTTP_THREADS", 128))
 # The event relay (workers/relay.py): how long an upstream outlives its last browser, how many frames a
 # browser may have queued before it is sent a reset, the per-worker replay buffer, and reconnect backoff.
 YOI_RELAY_LINGER_SECONDS = env_float("YOI_RELAY_LINGER_SECONDS", 2.0)
@@ -145,6 +148,24 @@ if REDIS_URL:
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# Sessions are read from a cache and written through to the database (a request's session lookup is a
+# cache hit, not a query). With REDIS_URL (several processes) the cache is Redis, shared by all; without
+# it each process keeps sessions in memory for at most YOI_SESSION_CACHE_SECONDS, so a session ended
+# elsewhere (another process, a management command) stops working here within that time.
+YOI_SESSION_CACHE_SECONDS = env_float("YOI_SESSION_CACHE_SECONDS", 5.0)
+CACHES: dict[str, dict[str, object]]
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "yoi_backend.caches.BoundedLocMemCache",
+            "LOCATION": "yoi",
+            "TIMEOUT": YOI_SESSION_CACHE_SECONDS,
+        }
+    }
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -10,7 +10,6 @@ from urllib.parse import quote
 import pytest
 from asgiref.testing import ApplicationCommunicator
 from django.contrib.auth.models import User
-from django.core.asgi import get_asgi_application
 from django.test import Client
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -134,6 +133,8 @@ async def test_encoded_slash_over_asgi_raw_path_is_400(services: ServiceSpy) -> 
     """Through the real ASGI handler, as daphne/uvicorn deliver it: decoded ``path`` plus ``raw_path``."""
     from asgiref.sync import sync_to_async
 
+    from yoi_backend.asgi import django_asgi_app
+
     def make_token() -> str:
         user = User.objects.create_user("asgi-user", password="pw-for-tests")
         return str(Token.objects.create(user=user).key)
@@ -158,7 +159,7 @@ async def test_encoded_slash_over_asgi_raw_path_is_400(services: ServiceSpy) -> 
         "client": ("127.0.0.1", 50000),
         "server": ("testserver", 80),
     }
-    communicator = ApplicationCommunicator(get_asgi_application(), scope)
+    communicator = ApplicationCommunicator(django_asgi_app, scope)
     await communicator.send_input({"type": "http.request", "body": b'{"content": "hi"}', "more_body": False})
     start = await communicator.receive_output(timeout=10)
     body = await communicator.receive_output(timeout=10)
