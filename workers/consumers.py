@@ -94,11 +94,12 @@ class WorkerEventsConsumer(AsyncJsonWebsocketConsumer):
     async def _send_frames(self, subscriber: Subscriber) -> None:
         """Send queued frames in order, waiting while the browser's transport is backed up.
 
-        With a direct writer the relay sends while the socket keeps up and this task only runs while
-        ``handoff`` is set: it empties the queue, then hands delivery back.
+        With a direct writer the relay writes while the socket keeps up and this task only runs while
+        ``handoff`` is set: it empties the queue through the same writer, then hands delivery back.
         """
+        writer = subscriber.writer
         while True:
-            if subscriber.writer is None:
+            if writer is None:
                 frame = await subscriber.queue.get()
             elif subscriber.queue.empty():
                 subscriber.handoff.clear()  # caught up: the relay writes directly again
@@ -107,11 +108,18 @@ class WorkerEventsConsumer(AsyncJsonWebsocketConsumer):
             else:
                 frame = subscriber.queue.get_nowait()
             if frame is None:
+                if writer is not None:
+                    writer.flush()  # every frame before the close
                 await self.close(code=subscriber.close_code or 1000)
                 return
-            while (pending_write_bytes(self.base_send) or 0) > WRITE_HIGH_WATER:
-                await asyncio.sleep(DRAIN_POLL_SECONDS)
-            await self.send(text_data=frame)
+            if writer is None:
+                while (pending_write_bytes(self.base_send) or 0) > WRITE_HIGH_WATER:
+                    await asyncio.sleep(DRAIN_POLL_SECONDS)
+                await self.send(text_data=frame)
+            else:
+                while writer.backed_up():
+                    await asyncio.sleep(DRAIN_POLL_SECONDS)
+                writer.write(frame)
 
     async def send_error(self, error: YoiError) -> None:
         """THE WebSocket rendering of a typed error: one error frame, then close with 4000 + status."""

@@ -68,11 +68,15 @@ def _setting(name: str, default: float) -> float:
 
 
 class FrameWriter(Protocol):
-    """Writes a frame to a browser's socket synchronously (see workers.transport.DirectWriter)."""
+    """Writes frames to a browser's socket without an ``await`` (see workers.transport.DirectWriter)."""
 
     def writable(self) -> bool: ...
 
+    def backed_up(self) -> bool: ...
+
     def write(self, text: str) -> None: ...
+
+    def flush(self) -> None: ...
 
 
 class Subscriber:

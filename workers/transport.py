@@ -12,8 +12,10 @@ back to the consumer's ``send`` and its own bounded queue.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import struct
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -67,44 +69,105 @@ def text_frame(text: str) -> bytes:
     return header + payload
 
 
-class DirectWriter:
-    """Writes text frames straight to one daphne WebSocket connection, without a task or an ``await``.
+class _TurnFlush:
+    """The direct writers of one event loop that have frames waiting, each flushed once per loop turn."""
 
-    A frame goes to the Twisted transport as bytes: what autobahn would write for it, without autobahn's
-    per-message work (its debug-log arguments alone are formatted for every frame). When autobahn would
-    write something else — a compressed or fragmented message, or one over its size limit — the frame goes
-    through daphne's own ``handle_reply`` instead.
-    """
-
-    def __init__(self, protocol: Any) -> None:
-        self._protocol = protocol
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._writers: list[DirectWriter] = []
 
     def __repr__(self) -> str:
-        return "DirectWriter()"
+        return f"_TurnFlush(waiting={len(self._writers)})"
+
+    def add(self, writer: DirectWriter) -> None:
+        if not self._writers:
+            self._loop.call_soon(self._run)
+        self._writers.append(writer)
+
+    def _run(self) -> None:
+        writers, self._writers = self._writers, []
+        for writer in writers:
+            writer.flush()
+
+
+_turn_flushes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _TurnFlush] = weakref.WeakKeyDictionary()
+
+
+class DirectWriter:
+    """Writes text frames to one daphne WebSocket connection without a task or an ``await``.
+
+    A frame goes to the connection as bytes: what autobahn would write for it, without autobahn's
+    per-message work (its debug-log arguments alone are formatted for every frame). Frames written in one
+    loop turn are sent together at its end (one ``send`` per browser per turn, however many events the
+    turn relayed). When autobahn would write something else — a compressed or fragmented message, or one
+    over its size limit — the frame goes through daphne's own ``handle_reply`` instead.
+    """
+
+    def __init__(self, protocol: Any, turn_flush: _TurnFlush) -> None:
+        self._protocol = protocol
+        self._turn_flush = turn_flush
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+
+    def __repr__(self) -> str:
+        return f"DirectWriter(waiting_bytes={self._out_bytes})"
+
+    def backed_up(self) -> bool:
+        """More than WRITE_HIGH_WATER bytes written that the browser has not read yet."""
+        pending = _buffered_bytes(self._protocol.transport)
+        return pending is None or pending + self._out_bytes > WRITE_HIGH_WATER
 
     def writable(self) -> bool:
-        """Open, and not backed up (more than WRITE_HIGH_WATER bytes the browser has not read)."""
+        """Open, nothing of autobahn's own waiting to go out, and not backed up."""
         protocol = self._protocol
-        if protocol.state != protocol.STATE_OPEN or protocol.send_queue:
-            return False
-        pending = _buffered_bytes(protocol.transport)
-        return pending is not None and pending <= WRITE_HIGH_WATER
+        return protocol.state == protocol.STATE_OPEN and not protocol.send_queue and not self.backed_up()
 
     def write(self, text: str) -> None:
-        """Send one text frame (a closed socket drops it, as daphne does)."""
+        """Send one text frame at the end of this loop turn (a closed socket drops it, as daphne does)."""
         protocol = self._protocol
         if protocol.state != protocol.STATE_OPEN:
             return
         wire = text_frame(text)
         limit = protocol.maxMessagePayloadSize
         if protocol._perMessageCompress is not None or protocol.autoFragmentSize or (limit and len(wire) > limit):
+            self.flush()  # what is waiting goes first
             protocol.handle_reply({"type": "websocket.send", "text": text})
             return
-        protocol.transport.write(wire)
+        if not self._out:
+            self._turn_flush.add(self)
+        self._out.append(wire)
+        self._out_bytes += len(wire)
+
+    def flush(self) -> None:
+        """Send what is waiting now (before anything else is written to the connection, e.g. a close)."""
+        if not self._out:
+            return
+        wire = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out.clear()
+        self._out_bytes = 0
+        if self._protocol.state == self._protocol.STATE_OPEN:
+            self._send(wire)
+
+    def _send(self, wire: bytes) -> None:
+        """Hand bytes to the socket now when Twisted has nothing buffered for it (as asyncio's own transports
+        do), else to Twisted's buffer. Twisted always buffers first and registers the socket for writing,
+        then unregisters it once written: two epoll updates and a loop callback per connection per write,
+        which is what a thousand-browser fan-out spent most of its time on."""
+        transport = self._protocol.transport
+        if _buffered_bytes(transport) == 0 and not transport.TLS:
+            try:
+                sent = transport.socket.send(wire)
+            except OSError:
+                sent = 0  # would block, or the connection broke: Twisted's own write finds out and reports it
+            if sent == len(wire):
+                return
+            wire = wire[sent:]
+        transport.write(wire)
 
 
 def direct_writer(send: Callable[..., Any]) -> DirectWriter | None:
-    """A DirectWriter for the connection behind ``send``, or None when it is not a daphne WebSocket."""
+    """A DirectWriter for the connection behind ``send`` (call on its event loop), or None when it is not a
+    daphne WebSocket."""
     protocol = _protocol_of(send)
     required = (
         "handle_reply",
@@ -118,6 +181,11 @@ def direct_writer(send: Callable[..., Any]) -> DirectWriter | None:
     )
     if protocol is None or not all(hasattr(protocol, name) for name in required):
         return None
-    if _buffered_bytes(protocol.transport) is None:
+    transport = protocol.transport
+    if _buffered_bytes(transport) is None or not hasattr(transport, "socket") or not hasattr(transport, "TLS"):
         return None
-    return DirectWriter(protocol)
+    loop = asyncio.get_running_loop()
+    turn_flush = _turn_flushes.get(loop)
+    if turn_flush is None:
+        turn_flush = _turn_flushes[loop] = _TurnFlush(loop)
+    return DirectWriter(protocol, turn_flush)
