@@ -5,13 +5,16 @@ and a blackholed listener (accepts, never answers). Phase *alone*: sequential ``
 the healthy runtime through the Backend, half before and half after the busy phase (once the dead
 requests have ended). Phase *dead busy*: the same, while a steady open-loop stream of requests (``GET``
 worker detail, 10 per second, each on its own connection and thread) goes to the dead runtime — they
-hang until the read timeout, and fast-fail once its circuit breaker opens.
+hang until the read timeout, and fast-fail once its circuit breaker opens. That stream is sent from a
+process of its own, so that its threads do not compete for the GIL of the client that takes the timings.
 
 Target (DESIGN §9): the healthy runtime's p99 unchanged within 20 % (ratio <= 1.2).
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import queue
 import secrets
 import sys
 import threading
@@ -23,6 +26,7 @@ from bench.common import (
     Backend,
     BenchOptions,
     Call,
+    HttpClient,
     Processes,
     RemoteSpec,
     Target,
@@ -50,56 +54,34 @@ DEAD_CONNECT_TIMEOUT = 2.0
 DEAD_READ_TIMEOUT = 10.0
 
 
-class DeadStream:
-    """An open-loop stream of requests to the dead runtime: ``rate`` per second, each on its own thread."""
+class _Pacer:
+    """Sends ``rate`` requests per second, each on its own thread (runs in the dead stream's process)."""
 
-    def __init__(self, backend: Backend, path: str, *, rate: float) -> None:
-        self.backend = backend
-        self.path = path
-        self.rate = rate
+    def __init__(self, base_url: str, headers: dict[str, str], path: str, rate: float, in_flight: Any) -> None:
+        self.base_url, self.headers, self.path, self.rate = base_url, headers, path, rate
+        self.in_flight = in_flight  # shared with the parent: requests sent and not finished yet
         self.outcomes: Counter[str] = Counter()
         self.latencies_ms: list[float] = []
-        self.skipped = 0
         self.sent = 0
-        self._stop = threading.Event()
+        self.skipped = 0
         self._slots = threading.Semaphore(MAX_IN_FLIGHT)
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._pace, daemon=True, name="dead-stream")
 
-    def start(self) -> None:
-        """Begin sending."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop sending (requests in flight finish on their own daemon threads)."""
-        self._stop.set()
-        self._thread.join(5)
-
-    def in_flight(self) -> int:
-        """Requests sent and not finished yet."""
-        with self._lock:
-            return self.sent - sum(self.outcomes.values())
-
-    def wait_drained(self, timeout: float) -> int:
-        """Wait until no request is in flight (or ``timeout``); return how many still are."""
-        deadline = time.monotonic() + timeout
-        while self.in_flight() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        return self.in_flight()
-
-    def _pace(self) -> None:
+    def pace(self, stop: Any) -> None:
         interval, due = 1.0 / self.rate, time.perf_counter()
-        while not self._stop.is_set():
+        while not stop.is_set():
             if self._slots.acquire(blocking=False):
                 self.sent += 1
+                with self.in_flight.get_lock():
+                    self.in_flight.value += 1
                 threading.Thread(target=self._one, daemon=True).start()
             else:
                 self.skipped += 1
             due += interval
-            self._stop.wait(max(0.0, due - time.perf_counter()))
+            stop.wait(max(0.0, due - time.perf_counter()))
 
     def _one(self) -> None:
-        client = self.backend.client()
+        client = HttpClient(self.base_url, self.headers)
         started = time.perf_counter()
         try:
             status, _ = client.request("GET", self.path)
@@ -112,6 +94,103 @@ class DeadStream:
         with self._lock:
             self.outcomes[outcome] += 1
             self.latencies_ms.append((time.perf_counter() - started) * 1000.0)
+        with self.in_flight.get_lock():
+            self.in_flight.value -= 1
+
+    def report(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "sent": self.sent,
+                "skipped": self.skipped,
+                "outcomes": dict(self.outcomes),
+                "latencies_ms": list(self.latencies_ms),
+            }
+
+
+def _dead_stream_main(
+    base_url: str,
+    headers: dict[str, str],
+    path: str,
+    rate: float,
+    started: Any,
+    stop: Any,
+    in_flight: Any,
+    results: Any,
+    drain_seconds: float,
+) -> None:
+    """The dead stream's process: pace until told to stop, wait for what is in flight, report."""
+    pacer = _Pacer(base_url, headers, path, rate, in_flight)
+    started.set()
+    pacer.pace(stop)
+    deadline = time.monotonic() + drain_seconds
+    while in_flight.value and time.monotonic() < deadline:
+        time.sleep(0.1)
+    results.put(pacer.report())
+
+
+class DeadStream:
+    """An open-loop stream of requests to the dead runtime: ``rate`` per second, each on its own thread.
+
+    It runs in a process of its own: its threads (one per request, about a hundred hanging at once) must
+    not hold the GIL of the process that times the healthy requests, or the healthy latency would measure
+    this load generator instead of the Backend.
+    """
+
+    def __init__(self, backend: Backend, path: str, *, rate: float, drain_seconds: float) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._started = context.Event()
+        self._stop = context.Event()
+        self._in_flight = context.Value("i", 0)
+        self._results: Any = context.Queue()
+        self._process = context.Process(
+            target=_dead_stream_main,
+            args=(
+                backend.base_url,
+                backend.headers(),
+                path,
+                rate,
+                self._started,
+                self._stop,
+                self._in_flight,
+                self._results,
+                drain_seconds,
+            ),
+            daemon=True,
+            name="dead-stream",
+        )
+        self.outcomes: Counter[str] = Counter()
+        self.latencies_ms: list[float] = []
+        self.sent = 0
+        self.skipped = 0
+
+    def start(self) -> None:
+        """Begin sending (returns once the stream's process is pacing)."""
+        self._process.start()
+        if not self._started.wait(30):
+            raise RuntimeError("the dead stream's process did not start")
+
+    def stop(self) -> None:
+        """Stop sending (requests in flight finish on their own)."""
+        self._stop.set()
+
+    def in_flight(self) -> int:
+        """Requests sent and not finished yet."""
+        return int(self._in_flight.value)
+
+    def wait_drained(self, timeout: float) -> int:
+        """Wait until no request is in flight (or ``timeout``), collect the outcomes; return how many still are."""
+        try:
+            report = self._results.get(timeout=timeout)
+        except queue.Empty:
+            report = None
+        self._process.join(5)
+        if self._process.is_alive():
+            self._process.terminate()
+        if report is not None:
+            self.sent, self.skipped = report["sent"], report["skipped"]
+            self.outcomes.update(report["outcomes"])
+            self.latencies_ms = report["latencies_ms"]
+        return self.in_flight()
 
 
 def _sequential_for(call: Call, seconds: float) -> list[float]:
@@ -150,7 +229,9 @@ def run(options: BenchOptions, procs: Processes) -> tuple[dict[str, Any], str]:
         log("isolation: phase alone (1/2)")
         alone = _sequential_for(call, seconds / 2)
         log("isolation: phase dead busy")
-        stream = DeadStream(backend, f"/api/v1/runtimes/{DEAD_ID}/workers/w-dead/", rate=dead_rate)
+        drain = DEAD_READ_TIMEOUT + DEAD_CONNECT_TIMEOUT + 10
+        path = f"/api/v1/runtimes/{DEAD_ID}/workers/w-dead/"
+        stream = DeadStream(backend, path, rate=dead_rate, drain_seconds=drain)
         stream.start()
         try:
             busy = _sequential_for(call, seconds)
@@ -158,7 +239,7 @@ def run(options: BenchOptions, procs: Processes) -> tuple[dict[str, Any], str]:
             stream.stop()
         in_flight_at_end = stream.in_flight()
         log(f"isolation: waiting for {in_flight_at_end} dead requests to end")
-        still = stream.wait_drained(DEAD_READ_TIMEOUT + DEAD_CONNECT_TIMEOUT + 10)
+        still = stream.wait_drained(drain + 5)
         log("isolation: phase alone (2/2)")
         alone += _sequential_for(call, seconds / 2)
         client.close()

@@ -42,6 +42,7 @@ QUICK_RELAY_ENV = {
 # Creates (or finds) the test user, its API token and a login session; prints them on a marked line.
 LOGIN_SCRIPT = """
 import json
+from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
 from django.contrib.sessions.backends.db import SessionStore
 from rest_framework.authtoken.models import Token
@@ -50,7 +51,7 @@ user.set_unusable_password()
 user.save()
 session = SessionStore()
 session[SESSION_KEY] = str(user.pk)
-session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+session[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]
 session[HASH_SESSION_KEY] = user.get_session_auth_hash()
 session.create()
 token, _ = Token.objects.get_or_create(user=user)

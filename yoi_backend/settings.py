@@ -192,6 +192,9 @@ STORAGES = {
 
 WHITENOISE_USE_FINDERS = DEBUG
 
+# Django's ModelBackend, with the per-request user lookup of a session served from the cache (auth.py).
+AUTHENTICATION_BACKENDS = ["yoi_backend.auth.CachedModelBackend"]
+
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
 # Under /api/ a CSRF failure answers the JSON error envelope; elsewhere Django's own page.

@@ -9,7 +9,9 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
 from django.core.cache import caches
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from yoi_backend.caches import BoundedLocMemCache
 
@@ -38,7 +40,7 @@ def test_a_session_deleted_elsewhere_ends_here_once_its_cached_copy_expires(
     # Made and later deleted "in another process": straight in the database, as watch_worker does.
     store = DatabaseSessionStore()
     store["_auth_user_id"] = str(user.pk)
-    store["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
+    store["_auth_user_backend"] = settings.AUTHENTICATION_BACKENDS[0]
     store["_auth_user_hash"] = user.get_session_auth_hash()
     store.create()
     client = Client()
@@ -49,3 +51,18 @@ def test_a_session_deleted_elsewhere_ends_here_once_its_cached_copy_expires(
     later = time.time() + settings.YOI_SESSION_CACHE_SECONDS + 1
     monkeypatch.setattr("django.core.cache.backends.locmem.time.time", lambda: later)
     assert client.get("/api/v1/runtimes/").status_code in (401, 403)  # ...for at most the cache's lifetime
+
+
+@pytest.mark.django_db
+def test_a_sessions_user_is_read_from_the_cache_and_dropped_when_it_changes() -> None:
+    user = User.objects.create_user("cached-user", password="pw-for-tests")
+    client = Client()
+    client.force_login(user)
+    client.get("/api/v1/runtimes/")  # loads and caches the session and the user
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get("/api/v1/runtimes/").status_code == 200
+    read = " ".join(query["sql"] for query in queries.captured_queries)
+    assert "auth_user" not in read and "django_session" not in read  # both came from the cache
+    user.is_active = False
+    user.save()  # drops the cached copy: the deactivation applies at once
+    assert client.get("/api/v1/runtimes/").status_code in (401, 403)
