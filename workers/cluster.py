@@ -16,13 +16,10 @@ import contextlib
 import hashlib
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from channels.layers import get_channel_layer
 from django.conf import settings
-
-if TYPE_CHECKING:
-    from workers.relay import WorkerRelay
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +32,22 @@ _RENEW = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
 )
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+class ClusterMember(Protocol):
+    """What a cluster link needs of its relay (workers.relay.WorkerRelay)."""
+
+    runtime_id: str
+    worker_id: str
+    loop: asyncio.AbstractEventLoop
+
+    def open_upstream(self) -> None: ...
+
+    def stop_upstream(self) -> None: ...
+
+    def accept(self, seq: int, frame: str, kind: str) -> None: ...
+
+    def mirror_state(self, frame: str) -> None: ...
 
 
 def group_name(runtime_id: str, worker_id: str) -> str:
@@ -71,7 +84,7 @@ _redis = _Redis()
 class ClusterLink:
     """One relay's membership in the cluster: the lease holder publishes, the others follow."""
 
-    def __init__(self, relay: WorkerRelay) -> None:
+    def __init__(self, relay: ClusterMember) -> None:
         self.relay = relay
         self.group = group_name(relay.runtime_id, relay.worker_id)
         self.lease_key = f"yoi:relay:lease:{self.group}"
