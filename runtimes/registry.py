@@ -212,8 +212,12 @@ class RuntimeRegistry:
         self._breakers.pop(runtime_id, None)
         try:
             handle.close()
-        except Exception:
-            logger.exception("runtimes.registry.close_failed", extra={"runtime_id": runtime_id})
+        except Exception as exc:
+            # No traceback: an embedded handle's store errors name paths.
+            logger.warning(
+                "runtimes.registry.close_failed",
+                extra={"runtime_id": runtime_id, "error_class": type(exc).__name__},
+            )
         logger.info("runtimes.registry.handle_closed", extra={"runtime_id": runtime_id})
 
     def reset(self) -> None:

@@ -256,7 +256,13 @@ SPECTACULAR_SETTINGS = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    # Tracebacks with every exception message scrubbed: no runtime URL or store path (yoi_backend/logs.py).
+    "formatters": {
+        "plain": {
+            "()": "yoi_backend.logs.ScrubbingFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        }
+    },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("YOI_LOG_LEVEL", "INFO")},
     "loggers": {

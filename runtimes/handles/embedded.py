@@ -106,15 +106,18 @@ class EmbeddedRuntimeHandle:
                 except (StoreError, OSError) as exc:
                     # A failure after the lock was taken must not leave the store locked by a core nobody holds.
                     core.close()
-                    # The message of a StoreError or OSError names paths: it stays out of logs and answers.
-                    logger.warning("runtimes.embedded.store_unavailable", extra={"runtime_id": self.runtime_id})
-                    raise RuntimeUnreachable(
-                        runtime_id=self.runtime_id,
-                        message=f"embedded runtime {self.runtime_id} is unavailable: "
-                        "its store is in use or unreadable",
-                    ) from exc
+                    raise self._store_unavailable() from exc
                 self._core = core
             return self._core
+
+    def _store_unavailable(self) -> RuntimeUnreachable:
+        """The typed error of a store that cannot be used. The message of a StoreError or OSError names
+        paths: it stays out of logs and answers."""
+        logger.warning("runtimes.embedded.store_unavailable", extra={"runtime_id": self.runtime_id})
+        return RuntimeUnreachable(
+            runtime_id=self.runtime_id,
+            message=f"embedded runtime {self.runtime_id} is unavailable: its store is in use or unreadable",
+        )
 
     def _call(self, operation: Callable[[WorkerRuntime], T], *, worker_id: str | None = None) -> T:
         if worker_id is not None and not is_valid_id(worker_id):
@@ -124,6 +127,9 @@ class EmbeddedRuntimeHandle:
             return operation(core)
         except RuntimeApiError as exc:
             raise self._translate(exc, worker_id) from exc
+        except (StoreError, OSError) as exc:
+            # A store write failing mid-command (disk full, permissions): typed, never a path in a traceback.
+            raise self._store_unavailable() from exc
 
     def _translate(self, exc: RuntimeApiError, worker_id: str | None) -> YoiError:
         """The embedded twin of the remote status mapping: the runtime's own codes, typed the same way."""

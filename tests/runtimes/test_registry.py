@@ -24,6 +24,7 @@ from runtimes.handles.base import RuntimeHandle
 from runtimes.handles.embedded import EmbeddedRuntimeHandle
 from runtimes.models import Runtime
 from runtimes.registry import RuntimeConnection, RuntimeRegistry, registry
+from runtimes.types import WorkerSpec
 from tests.backend_process import free_port
 from tests.runtime_process import wait_until
 from tests.runtimes.conftest import Listener
@@ -413,4 +414,23 @@ def test_unusable_embedded_data_dir_is_unreachable_without_naming_the_path(isola
         assert str(isolated_data_dir) not in str(caught.value)
         assert "/" not in str(caught.value)
     finally:
+        handle.close()
+
+
+def test_embedded_store_failing_mid_command_is_unreachable_without_naming_the_path(
+    isolated_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handle = EmbeddedRuntimeHandle("emb", data_dir=isolated_data_dir)
+    try:
+        worker = handle.create_worker(WorkerSpec(profile="builtin:echo"))
+
+        def disk_full(*args: Any, **kwargs: Any) -> None:
+            raise OSError(28, "No space left on device", str(isolated_data_dir / "events.jsonl"))
+
+        monkeypatch.setattr("worker_runtime.store.FsStore.append_events", disk_full)
+        with pytest.raises(RuntimeUnreachable) as caught:
+            handle.send_input(worker.worker_id, content="hello")
+        assert str(isolated_data_dir) not in str(caught.value) and "/" not in str(caught.value)
+    finally:
+        monkeypatch.undo()
         handle.close()
