@@ -135,9 +135,15 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # WAL + a busy timeout let the ASGI thread pool and management commands share the file.
+    # WAL + a busy timeout let the request threads and management commands share the file. Transactions
+    # take the write lock when they begin (IMMEDIATE): one that read first and wrote later would otherwise
+    # fail at once with "database is locked" if another connection wrote in between, busy timeout or not.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
+        {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
     )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
