@@ -41,6 +41,7 @@ from runtimes.errors import (
     YoiError,
     scrub,
 )
+from runtimes.types import ID_PATTERN, is_valid_id
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +63,6 @@ PATH_WORKER_CANCEL = "/v1/workers/{worker_id}/cancel"
 PATH_WORKER_TRANSCRIPT = "/v1/workers/{worker_id}/transcript"
 PATH_WORKER_EVENTS = "/v1/workers/{worker_id}/events"
 
-ID_PATTERN = r"[A-Za-z0-9_:-]{1,120}"
-_ID_RE = re.compile(ID_PATTERN)
 # A token goes into a header: printable ASCII without spaces, or it is not a usable credential.
 _TOKEN_RE = re.compile(r"[\x21-\x7e]+")
 _SSE_TERMINATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
@@ -82,11 +81,6 @@ _UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
     http.client.HTTPException,
     OSError,
 )
-
-
-def is_valid_id(value: object) -> bool:
-    """True for a slug of the runtime/worker id alphabet."""
-    return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -180,8 +174,30 @@ class RemoteRuntimeClient:
             headers["Content-Type"] = "application/json"
         started = time.monotonic()
         deadline = started + self.connect_timeout + self.read_timeout
+        response = self._send(method, url, headers=headers, worker_id=worker_id, data=data, params=params)
         try:
-            response = self._session.request(
+            raw = self._read_body(response, deadline=deadline, worker_id=worker_id)
+        finally:
+            response.close()
+        status = response.status_code
+        if not 200 <= status < 300:
+            raise self._map_failure(status=status, body=raw, worker_id=worker_id)
+        return status, self._json_object(raw, worker_id=worker_id)
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str],
+        worker_id: str | None,
+        data: bytes | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> requests.Response:
+        """Send one request to the runtime and return the response with its body unread. Redirects are never
+        followed (the bearer token goes nowhere else); a transport failure is raised as its typed error."""
+        try:
+            return self._session.request(
                 method,
                 url,
                 data=data,
@@ -193,14 +209,6 @@ class RemoteRuntimeClient:
             )
         except Exception as exc:
             raise self._map_failure(exc=exc, worker_id=worker_id) from exc
-        try:
-            raw = self._read_body(response, deadline=deadline, worker_id=worker_id)
-        finally:
-            response.close()
-        status = response.status_code
-        if not 200 <= status < 300:
-            raise self._map_failure(status=status, body=raw, worker_id=worker_id)
-        return status, self._json_object(raw, worker_id=worker_id)
 
     def open_event_stream(self, worker_id: str, *, after: int | None) -> ClientEventStream:
         """Open the SSE stream of one worker; ``after`` is the last seq seen (``0`` = from the first event).
@@ -216,16 +224,7 @@ class RemoteRuntimeClient:
         if after is not None:
             headers["Last-Event-ID"] = str(after)
         deadline = time.monotonic() + self.connect_timeout + self.read_timeout
-        try:
-            response = self._session.get(
-                url,
-                headers=headers,
-                timeout=(self.connect_timeout, self.read_timeout),
-                allow_redirects=False,
-                stream=True,
-            )
-        except Exception as exc:
-            raise self._map_failure(exc=exc, worker_id=worker_id) from exc
+        response = self._send("GET", url, headers=headers, worker_id=worker_id)
         status = response.status_code
         # The head came within the read timeout; from here on silence is only fatal past the idle timeout.
         _set_read_timeout(response, self.stream_idle_timeout)

@@ -9,16 +9,15 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 from runtimes.secrets import validate_token_ref
-from runtimes.types import RuntimeKind
+from runtimes.types import ID_PATTERN, RuntimeKind, is_valid_id
 
-RUNTIME_ID_RE = re.compile(r"[A-Za-z0-9_:-]{1,120}")
 RUNTIME_KINDS: tuple[RuntimeKind, ...] = ("embedded", "remote")
 DEFAULT_CONNECT_TIMEOUT = 2.0
 DEFAULT_READ_TIMEOUT = 10.0
@@ -62,8 +61,8 @@ class RuntimeEntry:
 
 def validate_runtime_id(value: object) -> None:
     """Raise ``ValueError`` unless ``value`` is a runtime id slug ``[A-Za-z0-9_:-]{1,120}``."""
-    if not isinstance(value, str) or not RUNTIME_ID_RE.fullmatch(value):
-        raise ValueError("runtime_id must match [A-Za-z0-9_:-]{1,120}")
+    if not is_valid_id(value):
+        raise ValueError(f"runtime_id must match {ID_PATTERN}")
 
 
 def validate_base_url(value: object) -> None:
@@ -176,14 +175,18 @@ def _validate_entry(index: int, raw: Mapping[str, Any], problem: _Problem) -> Ru
         ok = False
         problem(index, key, message)
 
-    runtime_id = raw.get("runtime_id")
-    if "runtime_id" not in raw:
-        fail("runtime_id", "runtime_id is required")
-    else:
+    def required(key: str, validate: Callable[[Any], object], missing: str) -> None:
+        """A key that must be present and pass ``validate`` (its ValueError is the message)."""
+        if key not in raw:
+            fail(key, missing)
+            return
         try:
-            validate_runtime_id(runtime_id)
+            validate(raw[key])
         except ValueError as exc:
-            fail("runtime_id", str(exc))
+            fail(key, str(exc))
+
+    runtime_id = raw.get("runtime_id")
+    required("runtime_id", validate_runtime_id, "runtime_id is required")
 
     display_name = raw.get("display_name")
     if "display_name" not in raw:
@@ -202,20 +205,8 @@ def _validate_entry(index: int, raw: Mapping[str, Any], problem: _Problem) -> Ru
     base_url = raw.get("base_url", "")
     token_ref = raw.get("token_ref", "")
     if kind == "remote":
-        if "base_url" not in raw:
-            fail("base_url", "base_url is required for a remote runtime")
-        else:
-            try:
-                validate_base_url(base_url)
-            except ValueError as exc:
-                fail("base_url", str(exc))
-        if "token_ref" not in raw:
-            fail("token_ref", "token_ref is required for a remote runtime")
-        else:
-            try:
-                validate_token_ref(token_ref)
-            except ValueError as exc:
-                fail("token_ref", str(exc))
+        required("base_url", validate_base_url, "base_url is required for a remote runtime")
+        required("token_ref", validate_token_ref, "token_ref is required for a remote runtime")
     elif kind == "embedded":
         # An empty string is tolerated (templated files); anything else would be silently ignored.
         for key in ("base_url", "token_ref"):
@@ -273,7 +264,7 @@ def parse_runtime_config(text: str) -> list[RuntimeEntry]:
     first_seen: dict[str, int] = {}
     for index, raw in enumerate(raw_entries):
         runtime_id = raw.get("runtime_id") if isinstance(raw, dict) else None
-        if not isinstance(runtime_id, str) or not RUNTIME_ID_RE.fullmatch(runtime_id):
+        if not isinstance(runtime_id, str) or not is_valid_id(runtime_id):
             continue
         if runtime_id in first_seen:
             problem(

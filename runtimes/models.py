@@ -75,7 +75,8 @@ class Runtime(models.Model):
     consecutive_failures = models.PositiveIntegerField(default=0)
 
     created_at = models.DateTimeField(auto_now_add=True)
-    # Running processes poll max(updated_at) to rebuild handles; any save() moves it.
+    # Moves on every save(). Running processes re-read the rows every YOI_REGISTRY_REFRESH_SECONDS and rebuild a
+    # handle when its connection fields changed (runtimes/registry.py).
     updated_at = models.DateTimeField(auto_now=True, db_index=True)
 
     class Meta:

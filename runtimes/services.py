@@ -55,7 +55,7 @@ def _apply_entry(entry: RuntimeEntry, row: Runtime | None) -> SyncOutcome:
         setattr(row, name, getattr(entry, name))
     if CONNECTION_FIELDS.intersection(changed):
         row.reset_status_cache()
-    # A full save() so that updated_at moves: running processes rebuild their handle from it.
+    # A full save() (updated_at moves); running processes pick the change up at their next row refresh.
     row.save()
     logger.info("runtimes.sync.updated", extra={"runtime_id": entry.runtime_id, "fields": changed})
     return SyncOutcome(entry.runtime_id, "updated")

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+# The runtime_id / worker_id alphabet (DESIGN §1): one definition, the reference runtime's.
+from worker_runtime.ids import ID_PATTERN as ID_PATTERN
+from worker_runtime.ids import is_valid_id as is_valid_id
+
 RuntimeKind = Literal["embedded", "remote"]
 
 

@@ -12,8 +12,12 @@ from runtimes.types import WorkerEvent
 CLOSE_CODE_BASE = 4000
 
 
+# One encoder for every frame: json.dumps with options builds a new JSONEncoder per call (per event).
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def _text(frame: dict[str, Any]) -> str:
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+    return _encode(frame)
 
 
 def event_frame(event: WorkerEvent) -> str:

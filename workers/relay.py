@@ -151,7 +151,6 @@ class Subscriber:
 class _Buffered:
     seq: int
     frame: str
-    event: str
 
 
 @dataclass
@@ -404,7 +403,7 @@ class WorkerRelay:
         if seq != self.last_seq + 1:
             self.buffer.clear()  # continuity broken: the buffer restarts here; subscribers repair the gap
         self.last_seq = seq
-        buffered = _Buffered(seq, frame, kind)
+        buffered = _Buffered(seq, frame)
         self.buffer.append(buffered)  # bounded: the oldest event falls out
         if kind == FINAL_EVENT:
             self.final_seq = seq

@@ -7,7 +7,6 @@ runtime's call and comes back as a typed error.
 from __future__ import annotations
 
 import math
-import re
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
@@ -16,10 +15,8 @@ from django.http import HttpRequest
 from rest_framework import serializers
 from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
-from runtimes.types import WorkerDetail, WorkerSpec
+from runtimes.types import WorkerDetail, WorkerSpec, is_valid_id
 
-ID_PATTERN = r"[A-Za-z0-9_:-]{1,120}"
-ID_RE = re.compile(ID_PATTERN)
 ID_MESSAGE = "must be 1-120 characters of A-Z a-z 0-9 _ : -"
 
 # Bounds checked here so that an oversized body never reaches a runtime (the runtime default is 1 MiB).
@@ -33,15 +30,10 @@ INTENT_KINDS = ("assistant", "task", "role")
 INPUT_KINDS = ("user", "system")
 
 
-def id_is_valid(value: object) -> bool:
-    """Whether ``value`` is a runtime_id / worker_id of the §1 alphabet."""
-    return isinstance(value, str) and ID_RE.fullmatch(value) is not None
-
-
 def id_errors(*, runtime_id: str | None = None, worker_id: str | None = None) -> dict[str, list[str]]:
     """``{field: [message]}`` for each given id that is not of the §1 alphabet."""
     given = {"runtime_id": runtime_id, "worker_id": worker_id}
-    return {name: [ID_MESSAGE] for name, value in given.items() if value is not None and not id_is_valid(value)}
+    return {name: [ID_MESSAGE] for name, value in given.items() if value is not None and not is_valid_id(value)}
 
 
 def raw_request_path(request: HttpRequest) -> str | None:
@@ -155,7 +147,7 @@ class WorkerCreateInputSerializer(serializers.Serializer[WorkerSpec]):
 
     def validate_worker_id(self, value: str) -> str:
         """A worker id of the §1 alphabet."""
-        if not id_is_valid(value):
+        if not is_valid_id(value):
             raise serializers.ValidationError(ID_MESSAGE)
         return value
 

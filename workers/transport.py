@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import struct
 import weakref
 from collections.abc import Callable
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 MAX_UNWRAP = 8
 # A browser with more than this many bytes sent but not yet read is slow: frames wait in its bounded queue.
@@ -87,7 +90,11 @@ class _TurnFlush:
     def _run(self) -> None:
         writers, self._writers = self._writers, []
         for writer in writers:
-            writer.flush()
+            try:
+                writer.flush()
+            except Exception:
+                # One broken connection must not leave the others' frames waiting for a flush that never runs.
+                logger.exception("workers.transport.flush_failed")
 
 
 _turn_flushes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _TurnFlush] = weakref.WeakKeyDictionary()

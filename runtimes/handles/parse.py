@@ -8,7 +8,6 @@ optional (older runtimes) become ``None``, never an error.
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any, NoReturn
 
 from runtimes.errors import RuntimeBadResponse, scrub
@@ -22,11 +21,11 @@ from runtimes.types import (
     TranscriptPage,
     WorkerDetail,
     WorkerEvent,
+    is_valid_id,
 )
 
 logger = logging.getLogger(__name__)
 
-_ID_RE = re.compile(r"[A-Za-z0-9_:-]{1,120}")
 RESET_EVENT = "reset"
 
 
@@ -135,7 +134,7 @@ def _check_ref(reader: _Reader, *, worker_id: str | None) -> str:
         return worker_id
     if worker_id is not None and found != worker_id:
         _bad(reader.runtime_id, f"{reader.what}.worker_id", worker_id=worker_id)
-    if _ID_RE.fullmatch(found) is None:
+    if not is_valid_id(found):
         _bad(reader.runtime_id, f"{reader.what}.worker_id", worker_id=worker_id)
     return found
 
