@@ -53,8 +53,8 @@ UNAVAILABLE_AFTER = 3
 CATCH_UP_TIMEOUT = 30.0
 # An upstream that stayed connected this long before dropping starts its backoff afresh.
 STABLE_CONNECTION = 10.0
-# Items an upstream thread may have handed to the event loop but not yet handled (at most half a browser's
-# queue). Without a bound a fast runtime piles thousands of events into one loop turn, before any socket
+# Items an upstream thread may have handed to the event loop but not yet handled (at most an eighth of a
+# browser's queue, so that several batches fit while a browser's sender waits for its socket to drain). Without a bound a fast runtime piles thousands of events into one loop turn, before any socket
 # is written, and even browsers that keep up overflow their queues and get a slow_consumer reset. The loop
 # takes what has queued in one wake-up, so a larger bound means fewer, larger batches.
 MAX_IN_FLIGHT = 256
@@ -333,7 +333,7 @@ class WorkerRelay:
             stream = registry.call(self.runtime_id, lambda handle: handle.open_events(self.worker_id, after=after))
             self._to_loop(self._on_connected, generation, stream)
             frames = int(_setting("YOI_RELAY_SUBSCRIBER_FRAMES", 2048))
-            in_flight = threading.Semaphore(max(1, min(MAX_IN_FLIGHT, frames // 2)))
+            in_flight = threading.Semaphore(max(1, min(MAX_IN_FLIGHT, frames // 8)))
             for item in stream:
                 while not in_flight.acquire(timeout=IN_FLIGHT_POLL):
                     if self._closed or generation != self.generation or self.loop.is_closed():
