@@ -53,9 +53,10 @@ UNAVAILABLE_AFTER = 3
 CATCH_UP_TIMEOUT = 30.0
 # An upstream that stayed connected this long before dropping starts its backoff afresh.
 STABLE_CONNECTION = 10.0
-# Items an upstream thread may have handed to the event loop but not yet handled (at most an eighth of a
-# browser's queue, so that several batches fit while a browser's sender waits for its socket to drain). Without a bound a fast runtime piles thousands of events into one loop turn, before any socket
-# is written, and even browsers that keep up overflow their queues and get a slow_consumer reset. The loop
+# Items an upstream thread may have handed to the event loop but not yet handled: at most an eighth of a
+# browser's queue, so that several batches fit while a browser's sender waits for its socket to drain.
+# Without a bound a fast runtime piles thousands of events into one loop turn, before any socket is
+# written, and even browsers that keep up overflow their queues and get a slow_consumer reset. The loop
 # takes what has queued in one wake-up, so a larger bound means fewer, larger batches.
 MAX_IN_FLIGHT = 256
 IN_FLIGHT_POLL = 0.5
