@@ -1,4 +1,4 @@
-"""Start the Backend as a real process (``daphne yoi_backend.asgi:application``) on 127.0.0.1 for tests.
+"""Start the Backend as a real process (``python -m yoi_backend.serve``, daphne with a graceful stop) on 127.0.0.1.
 
 ``backend_env`` is the environment of a Backend process or a ``manage.py`` run: this one minus the test
 run's own Django/Yoi/database settings, plus the Backend's. ``manage``/``run_manage`` run ``manage.py``
@@ -29,6 +29,7 @@ import requests
 from tests.runtime_process import REPO_ROOT
 
 ASGI_APP = "yoi_backend.asgi:application"
+SERVER_MODULE = "yoi_backend.serve"
 READY_TIMEOUT = 40.0
 MANAGE_TIMEOUT = 120.0
 # Quick upstream reconnects and a short linger, so relay tests do not wait on production timings.
@@ -175,7 +176,7 @@ def spawn_daphne(
     *, env: Mapping[str, str], log_path: Path, port: int, daphne_args: Sequence[str] = (), append_log: bool = False
 ) -> subprocess.Popen[bytes]:
     """Start daphne serving the Backend on ``127.0.0.1:port``, its output (both streams) in ``log_path``."""
-    command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), *daphne_args, ASGI_APP]
+    command = [sys.executable, "-m", SERVER_MODULE, "-b", "127.0.0.1", "-p", str(port), *daphne_args, ASGI_APP]
     with log_path.open("ab" if append_log else "wb") as log:
         return subprocess.Popen(
             command, cwd=REPO_ROOT, env=dict(env), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT

@@ -110,7 +110,7 @@ def main() -> None:
         say("probing runtimes")
         manage("probe_runtimes", env=env)
         say(f"starting the Backend on http://{HOST}:{http_port}/")
-        daphne = [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(http_port)]
+        daphne = [sys.executable, "-m", "yoi_backend.serve", "-b", HOST, "-p", str(http_port)]
         # WebSocket heartbeat: an idle browser socket is pinged every 15 s and dropped after 30 s of silence.
         daphne += ["--ping-interval", "15", "--ping-timeout", "30", "yoi_backend.asgi:application"]
         backend = subprocess.Popen(daphne, env=env, cwd=ROOT)
