@@ -60,6 +60,21 @@ class Runtime(models.Model):
     enabled = models.BooleanField(default=True, help_text="A disabled runtime gets no upstream traffic.")
     connect_timeout = models.FloatField(default=2.0, help_text="Seconds.")
     read_timeout = models.FloatField(default=10.0, help_text="Seconds.")
+    tls_ca_file = models.CharField(
+        max_length=500, blank=True, help_text="CA bundle (PEM) to trust for this runtime; empty = system store."
+    )
+    tls_client_cert_file = models.CharField(
+        max_length=500, blank=True, help_text="Client certificate (PEM) for mTLS; empty = none."
+    )
+    tls_client_key_ref = models.CharField(
+        max_length=500, blank=True, help_text="Where the mTLS client key lives: a secret ref like token_ref."
+    )
+    allow_insecure_http = models.BooleanField(
+        default=False, help_text="Allow plain http:// to a host that is not loopback (the token in cleartext)."
+    )
+    max_in_flight = models.PositiveIntegerField(
+        default=32, help_text="Bulkhead: at most this many requests in flight to this runtime."
+    )
     groups = models.ManyToManyField(
         "auth.Group",
         blank=True,
@@ -81,6 +96,9 @@ class Runtime(models.Model):
 
     class Meta:
         ordering = ["runtime_id"]
+        permissions = [
+            ("change_runtime_connection", "Can change where a runtime is reached and with which credential"),
+        ]
 
     def __str__(self) -> str:
         return self.runtime_id
