@@ -145,11 +145,8 @@ class RuntimeDisabled(YoiError):
     code, status, template = "runtime_disabled", 503, "runtime {runtime_id} is disabled"
 
 
-class RuntimeCircuitOpen(YoiError):
-    """Too many recent failures: fast-fail until the breaker half-opens."""
-
-    code, status, retryable = "runtime_circuit_open", 503, True
-    template = "runtime {runtime_id} is failing; retry later"
+class _RetryAfter(YoiError):
+    """An error that tells the client when to try again (``Retry-After``, whole seconds, at least 1)."""
 
     def __init__(self, *, retry_after: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -157,6 +154,32 @@ class RuntimeCircuitOpen(YoiError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class RuntimeCircuitOpen(_RetryAfter):
+    """Too many recent failures: fast-fail until the breaker half-opens."""
+
+    code, status, retryable = "runtime_circuit_open", 503, True
+    template = "runtime {runtime_id} is failing; retry later"
+
+
+class RuntimeBusy(_RetryAfter):
+    """The runtime's in-flight bulkhead is full: refused at once, before any request is sent."""
+
+    code, status, retryable = "runtime_busy", 503, True
+    template = "runtime {runtime_id} is busy; retry later"
+
+
+class RateLimited(_RetryAfter):
+    """A per-user limit (commands, sockets, logins) was reached."""
+
+    code, status, retryable, template = "rate_limited", 429, True, "too many requests; retry later"
+
+
+class PayloadTooLarge(YoiError):
+    """A request body over the cap, refused before it is read."""
+
+    code, status, template = "payload_too_large", 413, "the request body is too large"
 
 
 class RuntimeTimeout(YoiError):

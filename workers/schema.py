@@ -58,14 +58,17 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
         409,
         "the runtime refused the command (409 if it answered 409, else 422); `upstream_code`",
     ),
+    "payload_too_large": (413, "a request body over the cap, refused before it is read"),
     "unsupported_media_type": (415, "a body that is not application/json"),
     "throttled": (429, "rate limited (`Retry-After`)"),
+    "rate_limited": (429, "a per-user limit (commands, sockets, logins); `Retry-After`"),
     "internal_error": (500, "a bug in the Backend; logged, fixed message"),
     "runtime_unsupported": (501, "the runtime lacks the route or capability"),
     "runtime_unreachable": (502, "connection refused, DNS failure, reset, TLS failure"),
     "runtime_auth_failed": (502, "the runtime rejected the Backend's credential (never a 401)"),
     "runtime_bad_response": (502, "the runtime answered a 5xx, non-JSON, the wrong shape, or an oversized body"),
     "runtime_disabled": (503, "the runtime is disabled in the registry (not contacted)"),
+    "runtime_busy": (503, "the runtime's in-flight bulkhead is full; `Retry-After`"),
     "runtime_circuit_open": (503, "too many recent failures; fast-fail with `Retry-After`"),
     "runtime_timeout": (504, "connect or read timeout"),
 }
@@ -76,7 +79,7 @@ EXTRA_STATUSES: dict[str, tuple[int, ...]] = {"runtime_rejected": (422,)}
 # The 5xx that are not Backend bugs: a runtime's failure, mapped (DESIGN §5).
 MAPPED_UPSTREAM_CODES: dict[int, frozenset[str]] = {
     502: frozenset({"runtime_unreachable", "runtime_auth_failed", "runtime_bad_response"}),
-    503: frozenset({"runtime_disabled", "runtime_circuit_open"}),
+    503: frozenset({"runtime_disabled", "runtime_busy", "runtime_circuit_open"}),
     504: frozenset({"runtime_timeout"}),
 }
 # Fixed messages of the codes that are not runtimes.errors classes (workers.exceptions), for the examples.
