@@ -393,7 +393,7 @@ def _cache_dir(workdir: Path) -> Path:
 
 
 def backend_env(workdir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The Backend's environment: production mode, SQLite in ``workdir``, shared static files."""
+    """The Backend's environment: production mode, SQLite in ``workdir``, shared static files, no command rate."""
     cache = _cache_dir(workdir)
     return child_env(
         {
@@ -402,6 +402,8 @@ def backend_env(workdir: Path, extra: dict[str, str] | None = None) -> dict[str,
             "DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}",
             "YOI_DATA_DIR": str(workdir / "data"),
             "DJANGO_STATIC_ROOT": str(cache / "static"),
+            # Benchmarks measure the proxy, not the per-user command rate (a load generator would meet it).
+            "YOI_RATE_COMMANDS": "0",
             **(extra or {}),
         }
     )

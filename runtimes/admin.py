@@ -59,6 +59,7 @@ class RuntimeAdmin(admin.ModelAdmin):
             },
         ),
         ("Access", {"fields": ("groups",)}),
+        ("Limits", {"fields": ("max_in_flight",)}),
         ("Status (maintained by probes)", {"fields": (*STATUS_CACHE_FIELDS, "created_at", "updated_at")}),
     )
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from runtimes.bulkhead import DEFAULT_MAX_IN_FLIGHT
 from runtimes.secrets import validate_token_ref
 from runtimes.types import ID_PATTERN, RuntimeKind, is_valid_id
 
@@ -24,6 +25,7 @@ DEFAULT_READ_TIMEOUT = 10.0
 MAX_TIMEOUT = 300.0
 MAX_BASE_URL_LENGTH = 500
 MAX_DISPLAY_NAME_LENGTH = 200
+MAX_MAX_IN_FLIGHT = 10_000
 
 _TABLE_HEADER_RE = re.compile(r"^\s*\[")
 _RUNTIME_HEADER_RE = re.compile(r"^\s*\[\[\s*(?:runtime|\"runtime\"|'runtime')\s*\]\]")
@@ -49,6 +51,7 @@ class RuntimeEntry:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     read_timeout: float = DEFAULT_READ_TIMEOUT
     enabled: bool = True
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
 
     def __repr__(self) -> str:
         return (
@@ -98,6 +101,13 @@ def validate_timeout(value: object, *, key: str) -> float:
     if not math.isfinite(number) or number <= 0 or number > MAX_TIMEOUT:
         raise ValueError(f"{key} must be greater than 0 and at most {MAX_TIMEOUT:g} seconds")
     return number
+
+
+def validate_max_in_flight(value: object) -> int:
+    """The bulkhead size as an int; ``ValueError`` unless it is an integer in [1, MAX_MAX_IN_FLIGHT]."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_MAX_IN_FLIGHT:
+        raise ValueError(f"max_in_flight must be an integer from 1 to {MAX_MAX_IN_FLIGHT}")
+    return value
 
 
 def _locate_entries(text: str, count: int) -> list[tuple[int, int]] | None:
@@ -224,6 +234,12 @@ def _validate_entry(index: int, raw: Mapping[str, Any], problem: _Problem) -> Ru
     if not isinstance(enabled, bool):
         fail("enabled", "enabled must be true or false")
 
+    max_in_flight = raw.get("max_in_flight", DEFAULT_MAX_IN_FLIGHT)
+    try:
+        validate_max_in_flight(max_in_flight)
+    except ValueError as exc:
+        fail("max_in_flight", str(exc))
+
     if not ok:
         return None
     return RuntimeEntry(
@@ -235,6 +251,7 @@ def _validate_entry(index: int, raw: Mapping[str, Any], problem: _Problem) -> Ru
         connect_timeout=timeouts["connect_timeout"],
         read_timeout=timeouts["read_timeout"],
         enabled=cast(bool, enabled),
+        max_in_flight=cast(int, max_in_flight),
     )
 
 

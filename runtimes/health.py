@@ -16,6 +16,7 @@ from django.utils import timezone
 from runtimes.errors import (
     TRANSPORT_FAILURES,
     RuntimeAuthFailed,
+    RuntimeBusy,
     RuntimeDisabled,
     RuntimeNotFound,
     RuntimeRejected,
@@ -43,7 +44,7 @@ class ProbeResult:
     """The outcome of probing one runtime."""
 
     runtime_id: str
-    state: str  # online | offline | unauthorized | error | disabled | not_found
+    state: str  # online | offline | unauthorized | error | disabled | not_found | busy
     error_code: str
     latency_ms: float
 
@@ -75,6 +76,9 @@ def _record_probe(runtime_id: str, outcome: RuntimeSummary | YoiError, latency_m
     if isinstance(outcome, RuntimeDisabled | RuntimeNotFound):
         state = "disabled" if isinstance(outcome, RuntimeDisabled) else "not_found"
         return ProbeResult(runtime_id, state, outcome.code, 0.0)
+    if isinstance(outcome, RuntimeBusy):
+        # This process already has max_in_flight calls waiting on it: no new answer, the row keeps the last.
+        return ProbeResult(runtime_id, "busy", outcome.code, 0.0)
     if isinstance(outcome, YoiError):
         _record_failure(runtime_id=runtime_id, error=outcome)
         logger.info("runtimes.probe.failed", extra={"runtime_id": runtime_id, "code": outcome.code})

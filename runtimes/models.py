@@ -7,7 +7,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
 
-from runtimes.config import MAX_TIMEOUT, validate_base_url, validate_timeout
+from runtimes.config import MAX_TIMEOUT, validate_base_url, validate_max_in_flight, validate_timeout
 from runtimes.secrets import validate_token_ref
 
 runtime_id_validator = RegexValidator(
@@ -137,6 +137,11 @@ class Runtime(models.Model):
                 validate_timeout(value, key=key)
             except ValueError:
                 errors.setdefault(key, []).append(f"Must be greater than 0 and at most {MAX_TIMEOUT:g} seconds.")
+        if self.max_in_flight is not None:
+            try:
+                validate_max_in_flight(self.max_in_flight)
+            except ValueError as exc:
+                errors.setdefault("max_in_flight", []).append(str(exc))
         if errors:
             raise ValidationError(errors)
 

@@ -18,6 +18,7 @@ from typing import TypeVar
 from django.conf import settings
 
 from runtimes.breaker import CircuitBreaker
+from runtimes.bulkhead import DEFAULT_MAX_IN_FLIGHT, Bulkhead
 from runtimes.errors import TRANSPORT_FAILURES, RuntimeDisabled, RuntimeNotFound
 from runtimes.handles.base import RuntimeHandle
 
@@ -39,6 +40,7 @@ class RuntimeConnection:
     enabled: bool
     group_ids: frozenset[int]
     updated_at: datetime | None
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
 
     def __repr__(self) -> str:
         return f"RuntimeConnection(runtime_id={self.runtime_id!r}, kind={self.kind!r}, base_url=<backend-private>)"
@@ -68,6 +70,7 @@ def load_connections() -> dict[str, RuntimeConnection]:
             enabled=row.enabled,
             group_ids=frozenset(groups.get(row.pk, ())),
             updated_at=row.updated_at,
+            max_in_flight=row.max_in_flight,
         )
         for row in Runtime.objects.all()
     }
@@ -110,6 +113,7 @@ class RuntimeRegistry:
         self._loaded_at: float | None = None
         self._handles: dict[str, tuple[tuple[object, ...], RuntimeHandle]] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
+        self._bulkheads: dict[str, Bulkhead] = {}
         self._online_marked_at: dict[str, float] = {}
 
     def __repr__(self) -> str:
@@ -157,6 +161,19 @@ class RuntimeRegistry:
                 breaker = self._breakers[runtime_id] = CircuitBreaker(runtime_id)
             return breaker
 
+    def bulkhead(self, runtime_id: str) -> Bulkhead:
+        """The in-flight bulkhead of a runtime (per process), sized by its row's ``max_in_flight``.
+
+        A changed limit makes a new bulkhead; calls still holding a slot of the old one release it there.
+        """
+        connection = self._connections.get(runtime_id)
+        limit = max(1, connection.max_in_flight if connection is not None else DEFAULT_MAX_IN_FLIGHT)
+        with self._lock:
+            bulkhead = self._bulkheads.get(runtime_id)
+            if bulkhead is None or bulkhead.limit != limit:
+                bulkhead = self._bulkheads[runtime_id] = Bulkhead(runtime_id, limit=limit)
+            return bulkhead
+
     def call(
         self,
         runtime_id: str,
@@ -165,26 +182,29 @@ class RuntimeRegistry:
         guarded: bool = True,
         refresh: bool = True,
     ) -> T:
-        """Run ``operation`` on the runtime's handle through its circuit breaker.
+        """Run ``operation`` on the runtime's handle through its bulkhead and circuit breaker.
 
-        Transport-class failures count against the runtime; any answer from it (even an error) counts for it.
-        ``guarded=False`` (probes) skips the fast-fail but still records the outcome. ``refresh=False`` uses
-        the rows already loaded, so a call from a pool thread never touches the database.
+        A full bulkhead refuses at once (RuntimeBusy) before the breaker is asked, so a refusal never takes
+        a half-open breaker's one trial. Transport-class failures count against the runtime; any answer from
+        it (even an error) counts for it. ``guarded=False`` (probes) skips the fast-fail but still records
+        the outcome. ``refresh=False`` uses the rows already loaded, so a call from a pool thread never
+        touches the database. An event stream holds its slot only while it is being opened.
         """
         handle = self.get(runtime_id, refresh=refresh)
         breaker = self.breaker(runtime_id)
-        if guarded:
-            breaker.before_call()
-        try:
-            result = operation(handle)
-        except TRANSPORT_FAILURES:
-            breaker.record_failure()
-            raise
-        except Exception:
+        with self.bulkhead(runtime_id).slot():
+            if guarded:
+                breaker.before_call()
+            try:
+                result = operation(handle)
+            except TRANSPORT_FAILURES:
+                breaker.record_failure()
+                raise
+            except Exception:
+                breaker.record_success()
+                raise
             breaker.record_success()
-            raise
-        breaker.record_success()
-        return result
+            return result
 
     def take_online_mark(self, runtime_id: str, *, interval: float) -> bool:
         """True at most once per ``interval`` per runtime: when a success should be written to its row."""
@@ -227,6 +247,7 @@ class RuntimeRegistry:
                 self._close_handle(runtime_id, handle)
             self._handles.clear()
             self._breakers.clear()
+            self._bulkheads.clear()
             self._online_marked_at.clear()
             self._connections = {}
             self._loaded_at = None

@@ -26,6 +26,7 @@ _SYNCED_FIELDS: tuple[str, ...] = (
     "connect_timeout",
     "read_timeout",
     "enabled",
+    "max_in_flight",
 )
 
 

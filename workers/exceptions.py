@@ -10,7 +10,6 @@ import logging
 from typing import Any
 from urllib.parse import quote
 
-from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponsePermanentRedirect, JsonResponse
@@ -23,7 +22,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import set_rollback
 
-from runtimes.errors import YoiError
+from runtimes.errors import PayloadTooLarge, RateLimited, YoiError
 from workers.serializers import path_id_errors, raw_request_path
 
 logger = logging.getLogger(__name__)
@@ -97,9 +96,8 @@ def _drf_error(exc: drf.APIException) -> tuple[int, dict[str, Any], dict[str, st
     if isinstance(exc, drf.MethodNotAllowed):
         return 405, error_body("method_not_allowed", "method not allowed"), {}
     if isinstance(exc, drf.Throttled):
-        wait = getattr(exc, "wait", None)
-        headers = {"Retry-After": str(max(1, int(wait + 0.999)))} if wait is not None else {}
-        return 429, error_body("throttled", "too many requests", retryable=True), headers
+        limited = RateLimited(retry_after=getattr(exc, "wait", None) or 1.0)
+        return 429, {"error": limited.to_json()}, limited.headers()
     status = int(exc.status_code)
     if 400 <= status < 500:
         return status, error_body("invalid_request", str(type(exc).default_detail)), {}
@@ -115,29 +113,40 @@ def _view_name(context: dict[str, Any]) -> str:
     return f"{type(view).__name__}.{action}" if action else type(view).__name__
 
 
-def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
-    """DRF EXCEPTION_HANDLER: every exception raised in an API view becomes an envelope response."""
+def _mapped(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]] | None:
+    """Status, envelope and headers of an expected exception; None for a bug."""
     if isinstance(exc, YoiError):
-        # No rollback: the service has already recorded the failed command's AuditEvent.
-        return Response({"error": exc.to_json()}, status=exc.http_status, headers=exc.headers())
+        return exc.http_status, {"error": exc.to_json()}, exc.headers()
     if isinstance(exc, Http404):
         exc = drf.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = drf.PermissionDenied()
     if isinstance(exc, RequestDataTooBig):
-        # DRF reads JSON bodies through request.body, which enforces DATA_UPLOAD_MAX_MEMORY_SIZE.
-        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-        fields = {api_settings.NON_FIELD_ERRORS_KEY: [f"the request body must be at most {limit} bytes."]}
-        return Response(error_body("invalid_request", "the request body is too large", fields=fields), status=400)
+        # Where Django reads a body itself (DATA_UPLOAD_MAX_MEMORY_SIZE); under daphne serve.py refuses it first.
+        return 413, {"error": PayloadTooLarge().to_json()}, {}
     if isinstance(exc, SuspiciousOperation):
-        return Response(error_body("invalid_request", "the request is invalid"), status=400)
+        return 400, error_body("invalid_request", "the request is invalid"), {}
     if isinstance(exc, drf.APIException):
-        status, body, headers = _drf_error(exc)
+        return _drf_error(exc)
+    return None
+
+
+def error_code(exc: Exception) -> str:
+    """The envelope code the API answers for ``exc`` (what a refused command's audit row records)."""
+    mapped = _mapped(exc)
+    return str(mapped[1]["error"]["code"]) if mapped is not None else "internal_error"
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
+    """DRF EXCEPTION_HANDLER: every exception raised in an API view becomes an envelope response."""
+    mapped = _mapped(exc)
+    if mapped is None:
+        logger.exception("workers.api.unexpected_error", extra={"view": _view_name(context)})
         set_rollback()
-        return Response(body, status=status, headers=headers)
-    logger.exception("workers.api.unexpected_error", extra={"view": _view_name(context)})
-    set_rollback()
-    return Response(error_body("internal_error", INTERNAL_ERROR_MESSAGE), status=500)
+        return Response(error_body("internal_error", INTERNAL_ERROR_MESSAGE), status=500)
+    # No rollback for an expected error: a failed or refused command's AuditEvent has already been written.
+    status, body, headers = mapped
+    return Response(body, status=status, headers=headers)
 
 
 # --- Django-level errors (outside DRF): JSON under /api/, Django's own HTML pages elsewhere -------------------

@@ -47,7 +47,7 @@ from workers.serializers import (
 
 # code -> (HTTP status, when). Statuses are what workers.exceptions / runtimes.errors answer.
 ERROR_CODES: dict[str, tuple[int, str]] = {
-    "invalid_request": (400, "body, query or id fails validation (`fields` says which); bad JSON; body too big"),
+    "invalid_request": (400, "body, query or id fails validation (`fields` says which); bad JSON"),
     "not_authenticated": (401, "no or bad credentials (`WWW-Authenticate: Token`)"),
     "permission_denied": (403, "authenticated but not allowed; CSRF check failed (session auth)"),
     "not_found": (404, "no such URL under /api/"),
@@ -58,17 +58,16 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
         409,
         "the runtime refused the command (409 if it answered 409, else 422); `upstream_code`",
     ),
-    "payload_too_large": (413, "a request body over the cap, refused before it is read"),
+    "payload_too_large": (413, "a request body over the cap (YOI_MAX_REQUEST_BYTES), refused before it is read"),
     "unsupported_media_type": (415, "a body that is not application/json"),
-    "throttled": (429, "rate limited (`Retry-After`)"),
-    "rate_limited": (429, "a per-user limit (commands, sockets, logins); `Retry-After`"),
+    "rate_limited": (429, "a per-user limit (commands: YOI_RATE_COMMANDS; sockets; logins); `Retry-After`"),
     "internal_error": (500, "a bug in the Backend; logged, fixed message"),
     "runtime_unsupported": (501, "the runtime lacks the route or capability"),
     "runtime_unreachable": (502, "connection refused, DNS failure, reset, TLS failure"),
     "runtime_auth_failed": (502, "the runtime rejected the Backend's credential (never a 401)"),
     "runtime_bad_response": (502, "the runtime answered a 5xx, non-JSON, the wrong shape, or an oversized body"),
     "runtime_disabled": (503, "the runtime is disabled in the registry (not contacted)"),
-    "runtime_busy": (503, "the runtime's in-flight bulkhead is full; `Retry-After`"),
+    "runtime_busy": (503, "max_in_flight requests to this runtime are in flight already; `Retry-After`"),
     "runtime_circuit_open": (503, "too many recent failures; fast-fail with `Retry-After`"),
     "runtime_timeout": (504, "connect or read timeout"),
 }
@@ -89,7 +88,6 @@ API_MESSAGES: dict[str, str] = {
     "not_found": "not found",
     "method_not_allowed": "method not allowed",
     "unsupported_media_type": "unsupported media type; send application/json",
-    "throttled": "too many requests",
     "internal_error": INTERNAL_ERROR_MESSAGE,
 }
 EXAMPLE_RUNTIME_ID, EXAMPLE_WORKER_ID = "local", "w-c51dd3582b7743e4"
@@ -139,7 +137,7 @@ def example_error(code: str) -> dict[str, Any]:
     """An envelope for ``code`` as the API answers it (message and retryable from the error's own class)."""
     cls = yoi_error_classes().get(code)
     if cls is None:
-        error: dict[str, Any] = {"code": code, "message": API_MESSAGES[code], "retryable": code == "throttled"}
+        error: dict[str, Any] = {"code": code, "message": API_MESSAGES[code], "retryable": False}
     else:
         ids: dict[str, str] = {}
         if code.startswith("runtime_") or code == "worker_not_found":
@@ -169,12 +167,13 @@ def error_responses(statuses: Iterable[int]) -> dict[int, OpenApiResponse]:
     return {status: error_response(status) for status in statuses}
 
 
-# Error statuses per kind of route.
-AUTH_ERRORS = (401, 403, 429, 500)
+# Error statuses per kind of route. Commands also have a body (413 over the cap, 415 not JSON) and a per-user
+# rate (429); every route that may call a runtime may find its bulkhead full (503 runtime_busy).
+AUTH_ERRORS = (401, 403, 500)
 CACHE_READ_ERRORS = (400, 404, *AUTH_ERRORS)  # runtime detail: no upstream call can fail it
 UPSTREAM_ERRORS = (404, 409, 422, 501, 502, 503, 504)
 READ_ERRORS = tuple(sorted({400, *AUTH_ERRORS, *UPSTREAM_ERRORS}))
-COMMAND_ERRORS = tuple(sorted({*READ_ERRORS, 415}))
+COMMAND_ERRORS = tuple(sorted({*READ_ERRORS, 413, 415, 429}))
 
 # --- parameters ------------------------------------------------------------------------------------------------
 
@@ -199,7 +198,7 @@ HEADER_RETRY_AFTER = OpenApiParameter(
     "Retry-After",
     OpenApiTypes.INT,
     OpenApiParameter.HEADER,
-    description="Seconds to wait before retrying (429 throttled, 503 runtime_circuit_open).",
+    description="Seconds to wait before retrying (429 rate_limited, 503 runtime_busy / runtime_circuit_open).",
     response=[429, 503],
 )
 HEADER_WWW_AUTHENTICATE = OpenApiParameter(

@@ -1,6 +1,7 @@
 """Worker commands and queries for browsers: resolve the runtime first (visibility), then the worker.
 
-Every command (create, input, stop, cancel) writes an AuditEvent with its outcome code and latency.
+Every command (create, input, stop, cancel) writes an AuditEvent with its outcome code and latency, a
+refused one too: not visible, disabled, rate-limited or invalid.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from runtimes.health import runtime_call
 from runtimes.models import AuditEvent
 from runtimes.registry import registry
 from runtimes.selectors import RequestUser, runtime_is_visible, runtime_require_visible
-from runtimes.types import Ack, TranscriptPage, WorkerDetail, WorkerSpec
+from runtimes.types import Ack, TranscriptPage, WorkerDetail, WorkerSpec, is_valid_id
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_PARALLEL_LISTS = 16
+INVALID_ID = "<invalid>"
 
 
 @dataclass(frozen=True)
@@ -51,10 +53,10 @@ def _query(runtime_id: str, user: RequestUser, operation: Callable[[RuntimeHandl
 def _command(
     action: str, runtime_id: str, worker_id: str, user: RequestUser, operation: Callable[[RuntimeHandle], T]
 ) -> T:
-    runtime_require_visible(runtime_id=runtime_id, user=user)
     started = time.perf_counter()
     outcome, audited_worker = "ok", worker_id
     try:
+        runtime_require_visible(runtime_id=runtime_id, user=user)  # a refusal for visibility is audited too
         result = runtime_call(runtime_id, operation)
         audited_worker = getattr(result, "worker_id", worker_id)  # a create learns its id only now
         return result
@@ -84,6 +86,24 @@ def _audit(
         )
     except Exception:
         logger.exception("workers.audit.write_failed", extra={"runtime_id": runtime_id, "action": action})
+
+
+def worker_command_refused(
+    *, action: str, runtime_id: str, worker_id: str, user: RequestUser, outcome: str
+) -> None:
+    """Audit a command refused before it was sent (rate-limited, invalid ids or body), with its error code.
+
+    Ids that are not of the id alphabet are recorded as ``<invalid>``: the audit log never stores what an
+    attacker put in a path.
+    """
+    _audit(
+        action,
+        runtime_id if is_valid_id(runtime_id) else INVALID_ID,
+        worker_id if worker_id == "" or is_valid_id(worker_id) else INVALID_ID,
+        user,
+        outcome,
+        0.0,
+    )
 
 
 def worker_list(*, runtime_id: str, user: RequestUser) -> list[WorkerDetail]:

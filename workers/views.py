@@ -6,7 +6,9 @@ reaches a runtime. Errors are rendered by ``workers.exceptions.api_exception_han
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn, TypeVar
 
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema_view
@@ -17,9 +19,11 @@ from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
+from rest_framework.throttling import BaseThrottle
 
-from runtimes.errors import InvalidRequest
+from runtimes.errors import InvalidRequest, RateLimited
 from runtimes.selectors import runtime_get_visible, runtime_list_visible
+from workers.exceptions import error_code
 from workers.schema import OPERATIONS_RUNTIME, OPERATIONS_RUNTIME_WORKER, OPERATIONS_WORKER
 from workers.serializers import (
     AckOutputSerializer,
@@ -37,6 +41,7 @@ from workers.serializers import (
 )
 from workers.services import (
     worker_cancel,
+    worker_command_refused,
     worker_create,
     worker_get,
     worker_list,
@@ -45,6 +50,7 @@ from workers.services import (
     worker_stop,
     worker_transcript,
 )
+from workers.throttling import CommandRateThrottle
 
 ID_LOOKUP_REGEX = r"[^/]+"  # anything up to the next slash reaches the view, which answers 400 for bad ids
 S = TypeVar("S", bound=BaseSerializer[Any])
@@ -124,12 +130,48 @@ class RuntimeViewSet(ApiViewSet):
         return Response(RuntimeOutputSerializer(view).data)
 
 
+# The viewset actions that are commands, and the AuditEvent action each records.
+COMMAND_ACTIONS = {"create": "create", "send_input": "input", "stop": "stop", "cancel": "cancel"}
+
+
 @extend_schema_view(**OPERATIONS_RUNTIME_WORKER)
 class RuntimeWorkerViewSet(ApiViewSet):
-    """``/runtimes/{runtime_id}/workers/``: workers of one runtime and the commands on them."""
+    """``/runtimes/{runtime_id}/workers/``: workers of one runtime and the commands on them.
+
+    Commands are rate-limited per user (CommandRateThrottle), and one refused before its service runs —
+    over the rate, bad ids, a bad body — is audited with the code it is answered with.
+    """
 
     lookup_field = "worker_id"
     lookup_value_regex = ID_LOOKUP_REGEX
+
+    def get_throttles(self) -> list[BaseThrottle]:
+        """The command rate on commands only; reads are not limited."""
+        return [CommandRateThrottle()] if self.action in COMMAND_ACTIONS else []
+
+    def throttled(self, request: Request, wait: float | None) -> NoReturn:
+        """Over the command rate: 429 ``rate_limited`` with Retry-After, audited."""
+        error = RateLimited(retry_after=wait or 1.0)
+        self._audit_refusal(error.code)
+        raise error
+
+    @contextmanager
+    def refusals_audited(self) -> Iterator[None]:
+        """Audit a command refused inside the block (ids, body) with its envelope code, and re-raise."""
+        try:
+            yield
+        except Exception as exc:
+            self._audit_refusal(error_code(exc))
+            raise
+
+    def _audit_refusal(self, outcome: str) -> None:
+        worker_command_refused(
+            action=COMMAND_ACTIONS[str(self.action)],
+            runtime_id=str(self.kwargs.get("runtime_id", "")),
+            worker_id=str(self.kwargs.get("worker_id", "")),
+            user=self.request.user,
+            outcome=outcome,
+        )
 
     def list(self, request: Request, runtime_id: str) -> Response:
         """Workers of the runtime."""
@@ -139,8 +181,9 @@ class RuntimeWorkerViewSet(ApiViewSet):
 
     def create(self, request: Request, runtime_id: str) -> Response:
         """Create a worker: ``{profile?, intent?, initial_input?, worker_id?, options?}`` -> 201 worker."""
-        require_valid_ids(request, runtime_id=runtime_id)
-        spec = validated(WorkerCreateInputSerializer, request.data).to_spec()
+        with self.refusals_audited():
+            require_valid_ids(request, runtime_id=runtime_id)
+            spec = validated(WorkerCreateInputSerializer, request.data).to_spec()
         worker = worker_create(runtime_id=runtime_id, spec=spec, user=request.user)
         location = reverse(
             "workers:runtime-worker-detail",
@@ -159,8 +202,9 @@ class RuntimeWorkerViewSet(ApiViewSet):
     @action(detail=True, methods=["post"], url_path="input", url_name="input")
     def send_input(self, request: Request, runtime_id: str, worker_id: str) -> Response:
         """Send ``{content, kind?}`` to the worker -> 202 ack."""
-        require_valid_ids(request, runtime_id=runtime_id, worker_id=worker_id)
-        body = validated(WorkerInputInputSerializer, request.data).validated_data
+        with self.refusals_audited():
+            require_valid_ids(request, runtime_id=runtime_id, worker_id=worker_id)
+            body = validated(WorkerInputInputSerializer, request.data).validated_data
         ack = worker_send_input(
             runtime_id=runtime_id,
             worker_id=worker_id,
@@ -173,16 +217,18 @@ class RuntimeWorkerViewSet(ApiViewSet):
     @action(detail=True, methods=["post"])
     def stop(self, request: Request, runtime_id: str, worker_id: str) -> Response:
         """Graceful end (body optional: ``{reason?}``) -> 200 ack with the final status."""
-        require_valid_ids(request, runtime_id=runtime_id, worker_id=worker_id)
-        reason = validated(WorkerEndInputSerializer, request.data).validated_data.get("reason")
+        with self.refusals_audited():
+            require_valid_ids(request, runtime_id=runtime_id, worker_id=worker_id)
+            reason = validated(WorkerEndInputSerializer, request.data).validated_data.get("reason")
         ack = worker_stop(runtime_id=runtime_id, worker_id=worker_id, reason=reason, user=request.user)
         return Response(AckOutputSerializer(ack).data)
 
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, runtime_id: str, worker_id: str) -> Response:
         """Immediate end (body optional: ``{reason?}``) -> 200 ack with the final status."""
-        require_valid_ids(request, runtime_id=runtime_id, worker_id=worker_id)
-        reason = validated(WorkerEndInputSerializer, request.data).validated_data.get("reason")
+        with self.refusals_audited():
+            require_valid_ids(request, runtime_id=runtime_id, worker_id=worker_id)
+            reason = validated(WorkerEndInputSerializer, request.data).validated_data.get("reason")
         ack = worker_cancel(runtime_id=runtime_id, worker_id=worker_id, reason=reason, user=request.user)
         return Response(AckOutputSerializer(ack).data)
 

@@ -6,6 +6,11 @@ stopping at once, the process drains (``yoi_backend/lifecycle.py``) — it turns
 ``YOI_DRAIN_DELAY_SECONDS`` so a load balancer stops routing to it, runs the drain hooks (event sockets
 close with 1001), then lets in-flight requests finish for at most ``YOI_DRAIN_GRACE_SECONDS`` before it
 exits. A second signal stops it at once.
+
+Request bodies are checked as soon as a request's headers are in, before daphne buffers the body
+(``yoi_backend/bodylimits.py``): one over the cap, or one sent without credentials, is answered at once
+and never read. The server speaks HTTP/1.1 only (daphne's HTTP/2 needs extras the project does not
+install), so every request goes through that check.
 """
 
 from __future__ import annotations
@@ -20,7 +25,11 @@ from typing import Any
 # daphne.server installs the asyncio Twisted reactor on import: it must come before anything imports Twisted.
 from daphne.server import Server  # isort:skip
 from daphne.cli import CommandLineInterface  # isort:skip
+from daphne.http_protocol import HTTPFactory, WebRequest  # isort:skip
 from twisted.internet import reactor as _reactor  # isort:skip
+from twisted.web.http import HTTPChannel, _ChunkedTransferDecoder  # isort:skip
+
+from yoi_backend.bodylimits import BodyPolicy, Refusal, has_session_cookie, payload_too_large, request_path  # isort:skip
 
 # Twisted's reactor is typed by its zope interfaces, which mypy reads as unbound methods.
 reactor: Any = _reactor
@@ -30,6 +39,9 @@ DEFAULT_DRAIN_DELAY = 0.5
 DEFAULT_DRAIN_GRACE = 10.0
 DRAIN_CHECK_INTERVAL = 0.05
 _APPLICATION_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+# After refusing a body the server still reads (and drops) what the client sends for this long, so that a
+# client busy sending its body gets to read the answer instead of a reset; then the connection is closed.
+REFUSAL_LINGER_SECONDS = 5.0
 
 
 def _seconds(name: str, default: float) -> float:
@@ -43,6 +55,108 @@ def _seconds(name: str, default: float) -> float:
     return value
 
 
+class BodyLimitedRequest(WebRequest):
+    """daphne's request, counting the body as it arrives: past its cap the channel refuses it."""
+
+    body_cap = 0
+    body_received = 0
+
+    def handleContentChunk(self, data: bytes) -> None:
+        channel = self.channel
+        if channel is None or channel.refused:
+            return
+        self.body_received += len(data)
+        if self.body_received > self.body_cap:
+            channel.refuse(payload_too_large(request_path(self.uri)))
+            return
+        super().handleContentChunk(data)
+
+
+class BodyLimitedChannel(HTTPChannel):
+    """Twisted's HTTP/1.1 channel asking BodyPolicy about each request once its headers are in."""
+
+    refused = False
+    _policy: BodyPolicy | None = None
+    _linger: Any = None
+
+    @classmethod
+    def policy(cls) -> BodyPolicy:
+        """The caps, read from settings at the first request (the application is loaded by then)."""
+        if BodyLimitedChannel._policy is None:
+            BodyLimitedChannel._policy = BodyPolicy.from_settings()
+        return BodyLimitedChannel._policy
+
+    def allHeadersReceived(self) -> None:
+        request: BodyLimitedRequest = self.requests[-1]
+        headers = request.requestHeaders
+        policy = self.policy()
+        credentials = headers.hasHeader(b"authorization") or has_session_cookie(
+            headers.getRawHeaders(b"cookie", []), policy.session_cookie
+        )
+        refusal, cap = policy.check_headers(
+            target=self._path,
+            length=self.length,
+            chunked=isinstance(self._transferDecoder, _ChunkedTransferDecoder),
+            credentials=credentials,
+        )
+        if refusal is not None:
+            self.refuse(refusal)  # before "100 Continue": a client that waits for it never sends the body
+            return
+        request.body_cap = cap
+        super().allHeadersReceived()
+
+    def refuse(self, refusal: Refusal) -> None:
+        """Answer ``refusal`` now, read no more of the request, and close once the client is done."""
+        if self.refused:
+            return
+        self.refused = True
+        self.length = None  # not 0: the line parser must not take the request as complete
+        self._transferDecoder = None
+        self.setTimeout(None)
+        # Twisted's interfaces are zope interfaces, which mypy reads as unbound methods.
+        transport: Any = self.transport
+        transport.write(refusal.to_bytes())
+        half_close = getattr(transport, "loseWriteConnection", None)
+        if half_close is None:  # TLS: no half-close, so close once the answer is written
+            transport.loseConnection()
+            return
+        half_close()
+        self._linger = reactor.callLater(REFUSAL_LINGER_SECONDS, transport.abortConnection)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.refused:
+            return  # the refused body, dropped as it arrives: never buffered
+        super().dataReceived(data)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if not self.refused:
+            super().rawDataReceived(data)
+
+    def allContentReceived(self) -> None:
+        if not self.refused:
+            super().allContentReceived()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        super().connectionLost(reason)
+
+
+class BodyLimitedHTTPFactory(HTTPFactory):
+    """daphne's HTTP factory building BodyLimitedChannel / BodyLimitedRequest (HTTP/1.1 only)."""
+
+    def protocol(self) -> BodyLimitedChannel:
+        return BodyLimitedChannel()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = super().buildProtocol(addr)
+        protocol.requestFactory = BodyLimitedRequest
+        return protocol
+
+    def acceptableProtocols(self) -> list[bytes]:
+        return [b"http/1.1"]
+
+
 class BackendServer(Server):
     """daphne's Server whose stop signals drain the process instead of stopping the reactor at once."""
 
@@ -51,6 +165,15 @@ class BackendServer(Server):
         self._stopping_since: float | None = None
         reactor.callWhenRunning(self._install_signal_handlers)
         super().run()
+
+    @property
+    def http_factory(self) -> BodyLimitedHTTPFactory:
+        """The factory of every HTTP connection (daphne's ``run`` assigns its own: this takes its place)."""
+        return self._http_factory
+
+    @http_factory.setter
+    def http_factory(self, factory: HTTPFactory) -> None:
+        self._http_factory = BodyLimitedHTTPFactory(factory.server)
 
     def _install_signal_handlers(self) -> None:
         loop = reactor._asyncioEventloop

@@ -7,6 +7,8 @@ ImproperlyConfigured instead of starting a half-configured service.
 from __future__ import annotations
 
 import os
+import re
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -47,6 +49,21 @@ def env_float(name: str, default: float) -> float:
     return value
 
 
+_RATE_RE = re.compile(r"(\d+)/(s|sec|second|m|min|minute|h|hour|d|day)")
+
+
+def env_rate(name: str, default: str) -> str | None:
+    """Read a rate in DRF's ``N/period`` form (period s, min, hour or day); ``0`` turns it off (None)."""
+    raw = os.environ.get(name) or default
+    value = raw.strip().replace(" ", "")
+    if value == "0":
+        return None
+    match = _RATE_RE.fullmatch(value)
+    if match is None or int(match.group(1)) < 1:
+        raise ImproperlyConfigured(f"{name} must be N/period (e.g. 1200/min; period s, min, hour, day) or 0")
+    return value
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     """Read a comma-separated list setting."""
     raw = os.environ.get(name)
@@ -82,6 +99,21 @@ YOI_RELAY_BUFFER_EVENTS = int(env_float("YOI_RELAY_BUFFER_EVENTS", 4096))
 YOI_RELAY_BACKOFF_BASE = env_float("YOI_RELAY_BACKOFF_BASE", 0.5)
 YOI_RELAY_BACKOFF_CAP = env_float("YOI_RELAY_BACKOFF_CAP", 15.0)
 
+# --- Limits (docs/operations.md, "Limits") ------------------------------------------------------------------
+# Login forms (/login/, /admin/login/), through django-axes: after YOI_LOGIN_FAILURE_LIMIT failed logins for
+# one username, or from one client address, that username or address is refused for YOI_LOGIN_COOLOFF_SECONDS.
+YOI_LOGIN_FAILURE_LIMIT = int(env_float("YOI_LOGIN_FAILURE_LIMIT", 5))
+YOI_LOGIN_COOLOFF_SECONDS = env_float("YOI_LOGIN_COOLOFF_SECONDS", 300.0)
+# Worker commands (create, input, stop, cancel) per user: DRF's N/period; 0 turns the limit off.
+YOI_RATE_COMMANDS = env_rate("YOI_RATE_COMMANDS", "1200/min")
+# Request bodies: the server entry point (yoi_backend/serve.py) refuses a larger one with 413 from its
+# Content-Length before reading it, and cuts a chunked one when it passes the cap. A request without
+# credentials may carry a body only to a login form, of at most YOI_MAX_LOGIN_BODY_BYTES.
+YOI_MAX_REQUEST_BYTES = int(env_float("YOI_MAX_REQUEST_BYTES", 2_621_440))
+YOI_MAX_LOGIN_BODY_BYTES = int(env_float("YOI_MAX_LOGIN_BODY_BYTES", 65_536))
+# The same cap where Django itself reads a body (another ASGI server, the test client).
+DATA_UPLOAD_MAX_MEMORY_SIZE = YOI_MAX_REQUEST_BYTES
+
 INSTALLED_APPS = [
     "daphne",
     "django.contrib.admin",
@@ -95,6 +127,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
+    "axes",
     "runtimes",
     "workers",
 ]
@@ -108,6 +141,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "yoi_backend.security.ContentSecurityPolicyMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into the lockout answer (workers/lockout.py).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "yoi_backend.urls"
@@ -171,6 +207,20 @@ else:
             "TIMEOUT": YOI_SESSION_CACHE_SECONDS,
         }
     }
+# Rate-limit counters (workers/throttling.py) need the lifetimes they ask for, not the session cache's cap:
+# in Redis with REDIS_URL (one count for every process), else in this process's memory.
+if REDIS_URL:
+    CACHES["limits"] = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "yoi-limits",
+    }
+else:
+    CACHES["limits"] = {
+        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+        "LOCATION": "yoi-limits",
+        "OPTIONS": {"MAX_ENTRIES": 100_000},
+    }
 SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -199,7 +249,19 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = DEBUG
 
 # Django's ModelBackend, with the per-request user lookup of a session served from the cache (auth.py).
-AUTHENTICATION_BACKENDS = ["yoi_backend.auth.CachedModelBackend"]
+# First, django-axes' backend: a locked-out username or address is refused before any password is checked.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "yoi_backend.auth.CachedModelBackend"]
+
+# Login throttling (django-axes, database handler: shared by every Backend process). Locked by username and,
+# separately, by client address (REMOTE_ADDR: behind a proxy, serve with --proxy-headers so that it is the
+# client's). The cool-off runs from the lockout: refused attempts during it neither count nor extend it.
+AXES_FAILURE_LIMIT = YOI_LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(seconds=YOI_LOGIN_COOLOFF_SECONDS)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "workers.lockout.lockout_response"
+AXES_SENSITIVE_PARAMETERS = ["username", "ip_address", "password", "csrfmiddlewaretoken"]
 
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"

@@ -89,6 +89,7 @@ class RuntimeRow:
     read_timeout: float = 10.0
     enabled: bool = True
     display_name: str | None = None
+    max_in_flight: int | None = None
 
     @property
     def token_env(self) -> str:
@@ -111,6 +112,8 @@ class RuntimeRow:
                 f"connect_timeout = {self.connect_timeout}",
                 f"read_timeout = {self.read_timeout}",
             ]
+        if self.max_in_flight is not None:
+            lines.append(f"max_in_flight = {self.max_in_flight}")
         return "\n".join(lines) + "\n"
 
 

@@ -20,7 +20,7 @@ from tests.faults.conftest import FAKE_WORKER_ID, FaultSite
 
 ID_MESSAGE = "must be 1-120 characters of A-Z a-z 0-9 _ : -"
 MAX_INPUT_BYTES = 1024 * 1024
-BODY_CAP = 2_621_440  # Django's DATA_UPLOAD_MAX_MEMORY_SIZE default (2.5 MB)
+BODY_CAP = 2_621_440  # YOI_MAX_REQUEST_BYTES' default (2.5 MiB, Django's DATA_UPLOAD_MAX_MEMORY_SIZE default)
 
 # Id segments as they appear in the raw path (percent-encoded where a client would encode them).
 BAD_ID_SEGMENTS = {
@@ -343,11 +343,11 @@ def test_nesting_within_the_limit_is_accepted(fault_site: FaultSite) -> None:
 
 
 @pytest.mark.parametrize("path", [CREATE_PATH, INPUT_PATH, STOP_PATH], ids=["create", "input", "stop"])
-def test_body_over_the_upload_cap_is_400(fault_site: FaultSite, untouched: None, path: str) -> None:
+def test_body_over_the_upload_cap_is_413(fault_site: FaultSite, untouched: None, path: str) -> None:
     raw = json.dumps({"content": "x" * (BODY_CAP + 10), "initial_input": "x", "reason": "x"}).encode()
     status, answer = call(fault_site, "POST", path, raw=raw)
-    error = assert_invalid(status, answer, field="non_field_errors")
-    assert str(BODY_CAP) in error["fields"]["non_field_errors"][0]
+    assert (status, answer["error"]["code"]) == (413, "payload_too_large"), answer
+    assert answer["error"]["retryable"] is False
 
 
 MULTIPART_BODY = b'--xyz\r\nContent-Disposition: form-data; name="content"\r\n\r\nhello\r\n--xyz--\r\n'

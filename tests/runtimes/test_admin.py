@@ -60,6 +60,7 @@ def change_form_data(runtime: Runtime, **overrides: Any) -> dict[str, Any]:
         "token_ref": runtime.token_ref,
         "connect_timeout": runtime.connect_timeout,
         "read_timeout": runtime.read_timeout,
+        "max_in_flight": runtime.max_in_flight,
     }
     data.update(overrides)
     return {key: value for key, value in data.items() if value != ""}
@@ -142,6 +143,7 @@ def test_editing_only_the_name_keeps_the_status_cache(admin_client: Client, remo
         ({"base_url": "http://u:p@127.0.0.1"}, "base_url", "must not carry credentials"),
         ({"kind": "embedded"}, "base_url", "An embedded runtime has no base URL."),
         ({"read_timeout": "0"}, "read_timeout", "Must be greater than 0"),
+        ({"max_in_flight": "0"}, "max_in_flight", "max_in_flight must be an integer from 1"),
         ({"runtime_id": "bad id"}, "runtime_id", "runtime_id must match"),
     ],
 )

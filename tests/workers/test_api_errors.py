@@ -167,7 +167,7 @@ def test_drf_not_found_and_permission_denied_map(rf: RequestFactory) -> None:
     cases: list[tuple[Exception, int, str]] = [
         (Http404("No Runtime matches /srv/x"), 404, "not_found"),
         (PermissionDenied("secret reason"), 403, "permission_denied"),
-        (drf.Throttled(wait=3.2), 429, "throttled"),
+        (drf.Throttled(wait=3.2), 429, "rate_limited"),
         (drf.NotAcceptable(), 406, "invalid_request"),
         (drf.APIException("boom at /srv/x"), 500, "internal_error"),
     ]

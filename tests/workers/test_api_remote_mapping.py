@@ -444,7 +444,9 @@ def test_unknown_runtime_is_runtime_not_found_without_upstream_call(
     error = expect_error(response, 404, "runtime_not_found", runtime_id="rt-ghost")
     assert error["message"] == "runtime rt-ghost not found"
     assert_upstream_calls(rsps, 0)
-    assert not AuditEvent.objects.exists()
+    rows = list(AuditEvent.objects.values_list("action", "runtime_id", "outcome"))
+    # A command refused for an unknown (or invisible) runtime is audited; a read is not.
+    assert rows == ([(route_name, "rt-ghost", "runtime_not_found")] if route_name in COMMAND_ROUTES else [])
 
 
 @pytest.mark.parametrize("route_name", [*ALL_ROUTES, "runtime_detail"])
@@ -529,8 +531,23 @@ BAD_REQUESTS: list[Any] = [
 ]
 
 
+# The refused commands among BAD_REQUESTS that reached a command route, audited as (action, runtime, worker):
+# an id outside the alphabet is recorded as <invalid>. The rest are reads, or paths no route takes.
+REFUSAL_AUDITS: dict[str, tuple[str, str, str]] = {
+    "worker_id_query": ("stop", RID, "<invalid>"),
+    "create_profile_number": ("create", RID, ""),
+    "create_intent_kind": ("create", RID, ""),
+    "create_worker_id": ("create", RID, ""),
+    "input_missing": ("input", RID, WID),
+    "input_blank": ("input", RID, WID),
+    "input_kind": ("input", RID, WID),
+    "cancel_reason": ("cancel", RID, WID),
+}
+
+
 @pytest.mark.parametrize(("method", "path", "body", "field"), BAD_REQUESTS)
 def test_bad_ids_and_bodies_are_invalid_request_without_upstream_call(
+    request: pytest.FixtureRequest,
     api_client: APIClient,
     remote: Runtime,
     rsps: responses.RequestsMock,
@@ -550,7 +567,9 @@ def test_bad_ids_and_bodies_are_invalid_request_without_upstream_call(
     error = expect_error(response, 400, "invalid_request", runtime_id=None)
     assert field in error["fields"], error
     assert_upstream_calls(rsps, 0)
-    assert not AuditEvent.objects.exists()
+    rows = list(AuditEvent.objects.values_list("action", "runtime_id", "worker_id", "outcome"))
+    expected = REFUSAL_AUDITS.get(request.node.callspec.id)
+    assert rows == ([(*expected, "invalid_request")] if expected else [])
 
 
 # --------------------------------------------------------------------------------------------- circuit breaker

@@ -255,13 +255,17 @@ def test_malformed_json_is_400_with_fields(api_client: APIClient, services: Serv
     assert services.calls == []
 
 
-def test_oversized_request_body_is_400_without_reading_it_all(
+def test_oversized_request_body_is_413_without_reading_it_all(
     api_client: APIClient, services: ServiceSpy, settings: Any
 ) -> None:
+    # Under daphne the server refuses it first (yoi_backend/serve.py); this is Django's own cap behind it.
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
     raw = json.dumps({"content": "x" * 2000}).encode()
-    fields = invalid_fields(api_client.post(WORKER + "input/", raw, content_type="application/json"))
-    assert fields == {"non_field_errors": ["the request body must be at most 1000 bytes."]}
+    response = api_client.post(WORKER + "input/", raw, content_type="application/json")
+    assert response.status_code == 413
+    assert response.json() == {
+        "error": {"code": "payload_too_large", "message": "the request body is too large", "retryable": False}
+    }
     assert services.calls == []
 
 

@@ -11,7 +11,7 @@ from django.contrib.staticfiles import finders
 from django.test import Client
 
 from runtimes.models import Runtime
-from workers.console import CONTENT_SECURITY_POLICY
+from yoi_backend.security import CONTENT_SECURITY_POLICY
 
 pytestmark = pytest.mark.django_db
 

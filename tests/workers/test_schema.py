@@ -90,7 +90,7 @@ def test_every_operation_documents_the_error_envelope(openapi: dict[str, Any]) -
     for path, method, operation in operations(openapi):
         responses = operation["responses"]
         errors = {int(status) for status in responses if int(status) >= 400}
-        assert {401, 403, 429, 500} <= errors, (method, path)
+        assert {401, 403, 500} <= errors, (method, path)
         for status in errors:
             content = responses[str(status)]["content"]["application/json"]
             assert content["schema"] == {"$ref": ENVELOPE_REF}, (method, path, status)
@@ -100,7 +100,15 @@ def test_every_operation_documents_the_error_envelope(openapi: dict[str, Any]) -
             # Every worker route reaches a runtime: the mapped upstream failures are documented.
             assert {404, 409, 422, 501, 502, 503, 504} <= errors, (method, path)
         if method == "post":
-            assert 415 in errors, (method, path)
+            # Commands: a body (over the cap, not JSON) and the per-user command rate.
+            assert {413, 415, 429} <= errors, (method, path)
+        else:
+            assert not {413, 429} & errors, (method, path)
+        if 503 in errors:
+            assert "runtime_busy" in api_schema.codes_for_status(503)
+        if {429, 503} & errors:
+            headers = {name for status in ("429", "503") for name in responses.get(status, {}).get("headers", {})}
+            assert "Retry-After" in headers, (method, path)
 
 
 def test_success_responses_and_bodies_reference_components(openapi: dict[str, Any]) -> None:

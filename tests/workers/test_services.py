@@ -238,8 +238,12 @@ def test_runtime_limited_to_a_group_is_not_found_for_an_outsider(private_runtime
         worker_list(runtime_id="private", user=user)
     with pytest.raises(RuntimeNotFound):
         worker_stop(runtime_id="private", worker_id="w-1", reason=None, user=user)
-    # Refused before any command runs: nothing is audited and the runtime is never opened.
-    assert AuditEvent.objects.count() == 0
+    # Refused before any command runs: the refused commands are audited, and the runtime is never opened.
+    rows = AuditEvent.objects.order_by("id").values_list("action", "runtime_id", "outcome", "user_id")
+    assert list(rows) == [
+        ("create", "private", "runtime_not_found", user.pk),
+        ("stop", "private", "runtime_not_found", user.pk),
+    ]
     assert not (Path(django_settings.YOI_DATA_DIR) / "embedded").exists()
     listing = worker_list_all(user=user)
     assert (listing.items, listing.errors) == ([], [])
@@ -250,7 +254,9 @@ def test_anonymous_user_sees_no_runtime(embedded_runtime: Runtime) -> None:
         worker_list(runtime_id="local", user=AnonymousUser())
     with pytest.raises(RuntimeNotFound):
         worker_create(runtime_id="local", spec=WorkerSpec(profile=ECHO), user=AnonymousUser())
-    assert AuditEvent.objects.count() == 0
+    event = AuditEvent.objects.get()
+    assert (event.action, event.outcome) == ("create", "runtime_not_found")
+    assert (event.user_id, event.username) == (None, "")
 
 
 def test_runtime_limited_to_a_group_is_visible_to_members(private_runtime: Runtime, team: Group) -> None:

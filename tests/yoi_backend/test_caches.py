@@ -40,7 +40,7 @@ def test_a_session_deleted_elsewhere_ends_here_once_its_cached_copy_expires(
     # Made and later deleted "in another process": straight in the database, as watch_worker does.
     store = DatabaseSessionStore()
     store["_auth_user_id"] = str(user.pk)
-    store["_auth_user_backend"] = settings.AUTHENTICATION_BACKENDS[0]
+    store["_auth_user_backend"] = settings.AUTHENTICATION_BACKENDS[-1]
     store["_auth_user_hash"] = user.get_session_auth_hash()
     store.create()
     client = Client()
