@@ -31,6 +31,10 @@ from tests.runtime_process import REPO_ROOT
 ASGI_APP = "yoi_backend.asgi:application"
 SERVER_MODULE = "yoi_backend.serve"
 READY_TIMEOUT = 40.0
+# Collected static files shared by every test Backend of this checkout: the server collects them before it
+# listens when they are missing or out of date (yoi_backend/static_collect.py), so only the first start of a
+# run after a change pays for collectstatic.
+TEST_STATIC_ROOT = REPO_ROOT / "var" / "test-static"
 MANAGE_TIMEOUT = 120.0
 # Quick upstream reconnects and a short linger, so relay tests do not wait on production timings.
 QUICK_RELAY_ENV = {
@@ -91,7 +95,8 @@ def backend_env(
     extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """This environment without Django/Yoi/database settings, plus the Backend's own: ``DJANGO_DEBUG=0``,
-    data in ``data_dir``, ``database_url`` when given, then ``defaults``, the runtimes' tokens and ``extra``."""
+    data in ``data_dir``, the shared static files, ``database_url`` when given, then ``defaults``, the
+    runtimes' tokens and ``extra``."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -103,6 +108,7 @@ def backend_env(
             "DJANGO_SECRET_KEY": secret_key,
             "DJANGO_DEBUG": "0",
             "YOI_DATA_DIR": str(data_dir),
+            "DJANGO_STATIC_ROOT": str(TEST_STATIC_ROOT),
             "PYTHONUNBUFFERED": "1",
         }
     )

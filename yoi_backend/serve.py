@@ -10,7 +10,8 @@ exits. A second signal stops it at once.
 Request bodies are checked as soon as a request's headers are in, before daphne buffers the body
 (``yoi_backend/bodylimits.py``): one over the cap, or one sent without credentials, is answered at once
 and never read. The server speaks HTTP/1.1 only (daphne's HTTP/2 needs extras the project does not
-install), so every request goes through that check.
+install), so every request goes through that check. Before it listens, it collects static files when
+``DJANGO_DEBUG=0`` and they are missing or out of date (``yoi_backend/static_collect.py``).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class BodyLimitedRequest(WebRequest):
             return
         self.body_received += len(data)
         if self.body_received > self.body_cap:
-            channel.refuse(payload_too_large(request_path(self.uri)))
+            channel.refuse(payload_too_large(request_path(channel._path)))  # self.uri is set only at the end
             return
         super().handleContentChunk(data)
 
@@ -215,11 +216,23 @@ class BackendCommandLine(CommandLineInterface):
     server_class = BackendServer
 
 
+def prepare() -> None:
+    """Before listening: set Django up and, in production, collect static files if they are not current."""
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "yoi_backend.settings")
+    django.setup(set_prefix=False)
+    from yoi_backend.static_collect import ensure_collected
+
+    ensure_collected()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse daphne's arguments (adding the Backend's application when none is named) and serve."""
     args: list[Any] = list(sys.argv[1:] if argv is None else argv)
     if not args or not _APPLICATION_RE.fullmatch(str(args[-1])):
         args.append(DEFAULT_APPLICATION)
+    prepare()
     BackendCommandLine().run(args)
 
 

@@ -35,8 +35,8 @@ def env_bool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
 
 
-def env_float(name: str, default: float) -> float:
-    """Read a positive float setting."""
+def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
+    """Read a float setting: positive, or at least ``minimum`` when given."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -44,8 +44,9 @@ def env_float(name: str, default: float) -> float:
         value = float(raw)
     except ValueError as exc:
         raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from exc
-    if value <= 0:
-        raise ImproperlyConfigured(f"{name} must be positive, got {raw!r}")
+    if value <= 0 if minimum is None else value < minimum:
+        bound = "positive" if minimum is None else f"at least {minimum:g}"
+        raise ImproperlyConfigured(f"{name} must be {bound}, got {raw!r}")
     return value
 
 
@@ -81,6 +82,18 @@ if not SECRET_KEY:
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+# HTTPS, for a deployment behind a TLS-terminating proxy (the production block of .env.example; with it,
+# `manage.py check --deploy` reports nothing). Off by default: make run and the tests serve plain http on
+# loopback. The proxy's X-Forwarded-Proto reaches Django as the request's scheme when the server runs with
+# --proxy-headers (docs/operations.md). Health checks stay reachable over http.
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", False)
+SECURE_REDIRECT_EXEMPT = [r"^(healthz|livez|readyz)$"]
+SECURE_HSTS_SECONDS = int(env_float("DJANGO_SECURE_HSTS_SECONDS", 0, minimum=0))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = env_bool("DJANGO_SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env_bool("DJANGO_CSRF_COOKIE_SECURE", False)
 
 YOI_DATA_DIR = Path(env_str("YOI_DATA_DIR", str(BASE_DIR / "var"))).resolve()
 YOI_RUNTIMES_CONFIG = env_str("YOI_RUNTIMES_CONFIG", "")

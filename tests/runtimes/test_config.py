@@ -98,6 +98,15 @@ base_url = ""
     assert second.connect_timeout == 2.0 and second.read_timeout == 10.0 and second.enabled is True
 
 
+def test_max_in_flight_defaults_to_32_and_takes_an_integer() -> None:
+    (_, default) = parse_runtime_config(remote())
+    assert default.max_in_flight == 32
+    (_, small) = parse_runtime_config(remote(max_in_flight="4"))
+    assert small.max_in_flight == 4
+    (embedded,) = parse_runtime_config(GOOD_EMBEDDED + "max_in_flight = 1\n")
+    assert embedded.max_in_flight == 1
+
+
 def test_entry_repr_hides_base_url() -> None:
     (_, entry) = parse_runtime_config(remote())
     for text in (repr(entry), str(entry), repr([entry]), repr({"x": (entry,)})):
@@ -162,6 +171,13 @@ def test_entry_repr_hides_base_url() -> None:
         # enabled
         (remote(enabled='"yes"'), "enabled", 14),
         (remote(enabled="1"), "enabled", 14),
+        # max_in_flight (appended after enabled: line 15)
+        (remote(max_in_flight="0"), "max_in_flight", 15),
+        (remote(max_in_flight="-3"), "max_in_flight", 15),
+        (remote(max_in_flight="10001"), "max_in_flight", 15),
+        (remote(max_in_flight="1.5"), "max_in_flight", 15),
+        (remote(max_in_flight='"32"'), "max_in_flight", 15),
+        (remote(max_in_flight="true"), "max_in_flight", 15),
     ],
 )
 def test_invalid_entry_names_entry_key_and_line(text: str, key: str, line: int) -> None:

@@ -30,6 +30,16 @@ def clean_registry(settings: SettingsWrapper, tmp_path: Path) -> Iterator[None]:
         registry.reset()
 
 
+@pytest.fixture(autouse=True)
+def fresh_command_rates() -> Iterator[None]:
+    """Per-user command counts start at zero: user ids repeat from test to test."""
+    from django.core.cache import caches
+
+    caches["limits"].clear()
+    yield
+    caches["limits"].clear()
+
+
 @pytest.fixture
 def user(db: None) -> User:
     """A plain authenticated user in no group."""

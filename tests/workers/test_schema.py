@@ -220,13 +220,20 @@ def test_docs_page_loads_only_local_static_files(user: User) -> None:
     html = response.content.decode("utf-8")
     links = _Links()
     links.feed(html)
-    assert len(links.urls) >= 4  # favicon, css, bundle, standalone preset
-    for url in links.urls:
-        assert url.startswith("/static/drf_spectacular_sidecar/swagger-ui-dist/"), url
+    # favicon, css, bundle, standalone preset, our css (drf-spectacular's inline style), the init script.
+    assert len(links.urls) >= 6
+    static = [url for url in links.urls if url.startswith("/static/")]
+    assert links.urls[-1] == "/api/docs/?script="  # the init script is a file too: the page runs under the CSP
+    for url in static:
+        assert url.startswith(("/static/drf_spectacular_sidecar/swagger-ui-dist/", "/static/workers/")), url
         assert finders.find(url.removeprefix("/static/").split("?")[0]) is not None, url
-    # Nothing on the page points at another host (a CDN), in markup or in the inline script.
-    assert not re.search(r"(https?:)?//[A-Za-z0-9.-]+\.[a-z]{2,}", html)
-    assert '"/api/schema/"' in html
+    assert "<style" not in html and "<script>" not in html and " style=" not in html
+    script = client.get("/api/docs/?script=")
+    assert script.status_code == 200 and script["Content-Type"].startswith("application/javascript")
+    # Nothing on the page or in its script points at another host (a CDN).
+    for text in (html, script.content.decode("utf-8")):
+        assert not re.search(r"(https?:)?//[A-Za-z0-9.-]+\.[a-z]{2,}", text)
+    assert '"/api/schema/"' in script.content.decode("utf-8")
 
 
 def test_request_bodies_document_what_validation_refuses(openapi: dict[str, Any]) -> None:
