@@ -220,3 +220,23 @@ def test_errors_show_the_typed_code_and_message(console_page: ConsolePage) -> No
     expect(page.locator("#worker-error .err-msg")).not_to_be_empty()
     page.goto("/#/runtimes/no-such-runtime")
     expect(page.locator("#runtime-error")).to_have_attribute("data-code", "runtime_not_found")
+
+
+def test_api_docs_run_under_the_content_security_policy(console_page: ConsolePage) -> None:
+    """Swagger UI renders every operation with the CSP every page sends, and the browser reports no violation."""
+    page = console_page.page
+    violations: list[str] = []
+    page.on(
+        "console",
+        lambda message: (
+            violations.append(message.text)
+            if "Content Security Policy" in message.text or "Refused to" in message.text
+            else None
+        ),
+    )
+    log_in(console_page)
+    response = page.goto("/api/docs/")
+    assert response is not None and response.headers["content-security-policy"].startswith("default-src 'self'")
+    expect(page.locator(".opblock")).to_have_count(10)
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("Yoi Workspace Backend API")
+    assert violations == [], violations

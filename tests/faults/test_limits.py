@@ -30,12 +30,11 @@ from typing import Any
 import pytest
 import requests
 
+from tests.conftest import RuntimeFactory
 from tests.faults.conftest import (
     FAKE_WORKER_ID,
     BackendFactory,
-    Behaviour,
     BlackholeListener,
-    FakeRuntimeServer,
     FaultBackend,
     RuntimeRow,
 )
@@ -45,6 +44,7 @@ LOGIN_USER, LOGIN_PASSWORD = "lockout-user", "lockout-pw-7c1e55a9"
 MIB = 1024 * 1024
 BODY_CAP = 2_621_440
 ANSWER_TIMEOUT = 15.0
+COOL_OFF = 10
 CREATE_LOGIN_USER = """
 from django.contrib.auth.models import User
 User.objects.create_user(%(name)r, "lockout@example.invalid", %(password)r, is_staff=True)
@@ -90,7 +90,7 @@ class LoginBrowser:
 @pytest.fixture
 def lockout_backend(fault_backend_factory: BackendFactory) -> FaultBackend:
     backend = fault_backend_factory(
-        rows=[EMBEDDED], env={"YOI_LOGIN_FAILURE_LIMIT": "3", "YOI_LOGIN_COOLOFF_SECONDS": "3"}
+        rows=[EMBEDDED], env={"YOI_LOGIN_FAILURE_LIMIT": "3", "YOI_LOGIN_COOLOFF_SECONDS": str(COOL_OFF)}
     )
     created = backend.manage("shell", "-c", CREATE_LOGIN_USER % {"name": LOGIN_USER, "password": LOGIN_PASSWORD})
     assert created.returncode == 0, created.stderr
@@ -104,31 +104,43 @@ def test_login_lockout_then_success_after_the_cool_down(lockout_backend: FaultBa
     locked_at = time.monotonic()
     assert answers == [200, 200, 429], answers  # the form twice, then the lockout at the third failure
 
-    # A burst of wrong passwords from 10 threads while locked out: every one refused.
+    refused = browser.attempt(LOGIN_PASSWORD)
+    assert time.monotonic() - locked_at < COOL_OFF - 1, "too slow to check within the cool-down"
+    assert refused.status_code == 429  # the right password too: axes refuses before any password is checked
+
+    # A burst of wrong passwords from 10 threads while locked out: every one decided within the cool-down
+    # is refused (later ones are ordinary failures again, which lock the user out anew).
+    def guess(_: int) -> tuple[requests.Response, float]:
+        response = LoginBrowser(lockout_backend, path).attempt("guess")
+        return response, time.monotonic() - locked_at
+
     with ThreadPoolExecutor(max_workers=10) as pool:
         started = time.perf_counter()
-        burst = list(pool.map(lambda _: LoginBrowser(lockout_backend, path).attempt("guess"), range(60)))
+        burst = list(pool.map(guess, range(60)))
         burst_seconds = time.perf_counter() - started
-    assert Counter(r.status_code for r in burst) == {429: 60}
-    for response in burst:
-        assert 1 <= int(response.headers["Retry-After"]) <= 3
+    within = [response for response, at in burst if at < COOL_OFF - 1]  # a second of margin for the clock
+    assert within, "no guess was answered within the cool-down (a machine this slow proves nothing)"
+    assert Counter(r.status_code for r in within) == {429: len(within)}
+    assert all(response.status_code in {200, 429} for response, _ in burst)  # never admitted
+    for response in within:
+        assert 1 <= int(response.headers["Retry-After"]) <= COOL_OFF
         assert response.headers["Content-Security-Policy"].startswith("default-src 'self'")
         assert "Too many failed logins" in response.text
 
     # The right password is refused until the cool-down has passed, then logs in.
-    assert browser.attempt(LOGIN_PASSWORD).status_code == 429
     admitted = wait_for(
         lambda: (r := browser.attempt(LOGIN_PASSWORD)).status_code == 302 and r,
-        timeout=20,
+        timeout=60,
         what="a login after the cool-down",
         interval=0.25,
     )
     waited = time.monotonic() - locked_at
     print(
-        f"\nlockout {path}: locked at failure 3; 60 guesses in {burst_seconds * 1000:.0f} ms, all 429; "
-        f"right password admitted {waited:.1f} s after the lockout (cool-off 3 s)"
+        f"\nlockout {path}: locked at failure 3; 60 guesses in {burst_seconds * 1000:.0f} ms, the "
+        f"{len(within)} answered within the cool-down all 429; right password admitted {waited:.1f} s after "
+        f"the lockout (cool-off {COOL_OFF} s)"
     )
-    assert waited >= 2.5  # not before the cool-down
+    assert waited >= COOL_OFF - 2  # not before the cool-down (locked_at is taken after the lockout answer)
     assert "sessionid" in admitted.cookies
     assert lockout_backend.alive()
 
@@ -362,19 +374,23 @@ def p99(samples: list[float]) -> float:
     return sorted(samples)[max(0, int(len(samples) * 0.99) - 1)]
 
 
+HELD_READ_TIMEOUT = 30.0  # the blackholed calls hang this long: longer than the burst takes to be answered
+
+
 @pytest.mark.slow
 def test_300_concurrent_calls_to_a_blackholed_runtime_leave_healthz_and_a_healthy_runtime_fast(
-    fault_backend_factory: BackendFactory, fake_runtimes: FakeRuntimeServer, blackhole: BlackholeListener
+    fault_backend_factory: BackendFactory, runtime_factory: RuntimeFactory, blackhole: BlackholeListener
 ) -> None:
     hanging = RuntimeRow(
         runtime_id="bulkhead-blackhole",
         base_url=f"http://127.0.0.1:{blackhole.port}",
         token="unused-token",
         connect_timeout=2.0,
-        read_timeout=8.0,
+        read_timeout=HELD_READ_TIMEOUT,
         max_in_flight=32,
     )
-    healthy = fake_runtimes.add("bulkhead-ok", Behaviour())
+    runtime = runtime_factory(runtime_id="bulkhead-ok")  # a real yoi-runtime process
+    healthy = RuntimeRow(runtime_id="bulkhead-ok", base_url=runtime.base_url, token=runtime.token)
     backend = fault_backend_factory(rows=[EMBEDDED, hanging, healthy])
     input_path = f"runtimes/bulkhead-blackhole/workers/{FAKE_WORKER_ID}/input/"
     accepted_before = blackhole.accepted
@@ -395,9 +411,15 @@ def test_300_concurrent_calls_to_a_blackholed_runtime_leave_healthz_and_a_health
                 assert response.status_code == 200, response.text
             time.sleep(0.02)  # pacing of the prober, not synchronisation
 
+    def take() -> dict[str, list[float]]:
+        taken = {name: list(values) for name, values in samples.items()}
+        for values in samples.values():
+            values.clear()
+        return taken
+
     def call(_: int) -> tuple[int, str, str | None, float]:
         started = time.perf_counter()
-        response = backend.api("POST", input_path, {"content": "x"}, timeout=(5.0, 30.0))
+        response = backend.api("POST", input_path, {"content": "x"}, timeout=(5.0, 60.0))
         error = response.json()["error"]
         return (
             response.status_code,
@@ -409,40 +431,46 @@ def test_300_concurrent_calls_to_a_blackholed_runtime_leave_healthz_and_a_health
     prober = threading.Thread(target=sample, name="prober")
     prober.start()
     try:
-        wait_for(lambda: len(samples["healthy"]) >= 5, timeout=20, what="baseline samples")
-        baseline = {name: list(values) for name, values in samples.items()}
-        for values in samples.values():
-            values.clear()
+        wait_for(lambda: len(samples["healthy"]) >= 20, timeout=30, what="baseline samples")
+        baseline = take()
         with ThreadPoolExecutor(max_workers=300) as pool:
             futures = [pool.submit(call, index) for index in range(300)]
-            # Sample while the 32 calls hang on the blackhole (they time out after 8 s).
-            wait_for(lambda: blackhole.accepted - accepted_before >= 32, timeout=20, what="32 calls to connect")
-            wait_for(lambda: len(samples["healthy"]) >= 100, timeout=30, what="samples under load")
-            loaded = {name: list(values) for name, values in samples.items()}
-            results = [future.result(timeout=60) for future in futures]
+            # The burst: every call beyond the 32 that hang is answered, while the 32 still hang.
+            wait_for(lambda: sum(f.done() for f in futures) >= 300 - 32, timeout=60, what="the refusals")
+            burst = take()
+            assert sum(f.done() for f in futures) == 300 - 32  # the 32 hang (for HELD_READ_TIMEOUT)
+            # While 32 request threads hang on the runtime: /healthz and another runtime.
+            wait_for(lambda: len(samples["healthy"]) >= 200, timeout=HELD_READ_TIMEOUT - 5, what="held samples")
+            held = take()
+            held_connections = blackhole.accepted - accepted_before
+            assert sum(f.done() for f in futures) == 300 - 32, "the held calls ended before the samples"
+            results = [future.result(timeout=HELD_READ_TIMEOUT + 30) for future in futures]
     finally:
         stop.set()
         prober.join(30)
 
     outcomes = Counter((status, code) for status, code, _, _ in results)
     busy = [r for r in results if r[1] == "runtime_busy"]
+
+    def figures(window: dict[str, list[float]], name: str) -> str:
+        values = window[name]
+        if not values:
+            return f"{name} -"
+        return f"{name} p50/p99 {statistics.median(values) * 1000:.1f}/{p99(values) * 1000:.1f} ms ({len(values)})"
+
     print(
-        f"\nbulkhead (max_in_flight 32): 300 concurrent calls -> {dict(outcomes)}; "
-        f"runtime_busy answered in p99 {p99([r[3] for r in busy]) * 1000:.0f} ms; "
-        f"connections to the blackhole {blackhole.accepted - accepted_before}\n"
-        f"  /healthz p50/p99 {statistics.median(loaded['healthz']) * 1000:.1f}/"
-        f"{p99(loaded['healthz']) * 1000:.1f} ms over {len(loaded['healthz'])} (baseline p99 {p99(baseline['healthz']) * 1000:.1f} ms); "
-        f"healthy runtime p50/p99 {statistics.median(loaded['healthy']) * 1000:.1f}/"
-        f"{p99(loaded['healthy']) * 1000:.1f} ms over {len(loaded['healthy'])} "
-        f"(baseline p99 {p99(baseline['healthy']) * 1000:.1f} ms)"
+        f"\nbulkhead (max_in_flight 32): 300 concurrent calls -> {dict(outcomes)}; runtime_busy answered in "
+        f"p50/p99 {statistics.median(r[3] for r in busy) * 1000:.0f}/{p99([r[3] for r in busy]) * 1000:.0f} ms; "
+        f"connections to the blackhole {held_connections}"
     )
-    assert outcomes[(503, "runtime_busy")] == 300 - 32
-    assert outcomes[(504, "runtime_timeout")] + outcomes[(503, "runtime_circuit_open")] == 32
+    for label, window in (("baseline", baseline), ("during the burst", burst), ("while 32 hang", held)):
+        print(f"  {label}: {figures(window, 'healthz')}; {figures(window, 'healthy')}")
+    assert outcomes == {(503, "runtime_busy"): 300 - 32, (504, "runtime_timeout"): 32}
     assert all(retry == "1" for _, _, retry, _ in busy)
-    assert p99([r[3] for r in busy]) < 2.0  # refused at once, not after the read timeout
-    assert blackhole.accepted - accepted_before <= 32  # never more than K connections to the hanging runtime
-    assert p99(loaded["healthz"]) < 0.100
-    assert p99(loaded["healthy"]) < 0.100
+    assert p99([r[3] for r in busy]) < HELD_READ_TIMEOUT / 3  # refused, not held until the read timeout
+    assert held_connections == 32  # never more than K connections (request threads) on the hanging runtime
+    assert p99(held["healthz"]) < 0.100
+    assert p99(held["healthy"]) < 0.100
 
 
 # --------------------------------------------------------------------------------------------- production start

@@ -143,7 +143,9 @@ def test_refused_commands_are_audited_with_their_code(
     assert AuditEvent.objects.count() == 6
 
 
-def test_anonymous_commands_are_refused_before_any_audit(anon_client: APIClient, embedded_runtime: Runtime) -> None:
+def test_anonymous_commands_are_refused_before_any_audit(
+    anon_client: APIClient, embedded_runtime: Runtime
+) -> None:
     assert anon_client.post(WORKERS, {"profile": "builtin:echo"}, format="json").status_code == 401
     assert not AuditEvent.objects.exists()
 
@@ -210,7 +212,8 @@ def test_lockout_is_per_client_address_too(login_user: User, settings: Any) -> N
 def test_an_api_client_gets_the_error_envelope(login_user: User, settings: Any) -> None:
     settings.AXES_FAILURE_LIMIT = 1
     client = Client()
-    answer = client.post("/login/", {"username": "lena", "password": "wrong"}, headers={"Accept": "application/json"})
+    credentials = {"username": "lena", "password": "wrong"}
+    answer = client.post("/login/", credentials, headers={"Accept": "application/json"})
     assert answer.status_code == 429
     assert answer["Content-Type"] == "application/json"
     assert answer.json()["error"] == {
