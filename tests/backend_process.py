@@ -30,7 +30,8 @@ from tests.runtime_process import REPO_ROOT
 
 ASGI_APP = "yoi_backend.asgi:application"
 SERVER_MODULE = "yoi_backend.serve"
-READY_TIMEOUT = 40.0
+# Long enough for a first start that collects the static files (yoi_backend/static_collect.py) on a busy machine.
+READY_TIMEOUT = 90.0
 # Collected static files shared by every test Backend of this checkout: the server collects them before it
 # listens when they are missing or out of date (yoi_backend/static_collect.py), so only the first start of a
 # run after a change pays for collectstatic.

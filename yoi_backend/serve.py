@@ -113,9 +113,9 @@ class BodyLimitedChannel(HTTPChannel):
         self.refused = True
         self.length = None  # not 0: the line parser must not take the request as complete
         self._transferDecoder = None
-        for request in self.requests:  # what a chunked body buffered so far is dropped now, not at close
-            if request.content is not None:
-                request.content.close()
+        request = self.requests[-1]  # the refused one (Twisted parses one request at a time)
+        if request.content is not None:  # what a chunked body buffered so far goes now, not at close
+            request.content.close()
         self.setTimeout(None)
         # Twisted's interfaces are zope interfaces, which mypy reads as unbound methods.
         transport: Any = self.transport

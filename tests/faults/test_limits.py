@@ -22,10 +22,9 @@ import statistics
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -38,6 +37,7 @@ from tests.faults.conftest import (
     FaultBackend,
     RuntimeRow,
 )
+from tests.runtime_process import wait_until
 
 EMBEDDED = RuntimeRow(runtime_id="embedded", kind="embedded", display_name="Embedded")
 LOGIN_USER, LOGIN_PASSWORD = "lockout-user", "lockout-pw-7c1e55a9"
@@ -49,18 +49,6 @@ CREATE_LOGIN_USER = """
 from django.contrib.auth.models import User
 User.objects.create_user(%(name)r, "lockout@example.invalid", %(password)r, is_staff=True)
 """
-
-
-def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` passes (fails)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s")
-        time.sleep(interval)
 
 
 # --------------------------------------------------------------------------------------------- login lockout
@@ -128,10 +116,10 @@ def test_login_lockout_then_success_after_the_cool_down(lockout_backend: FaultBa
         assert "Too many failed logins" in response.text
 
     # The right password is refused until the cool-down has passed, then logs in.
-    admitted = wait_for(
+    admitted = wait_until(
         lambda: (r := browser.attempt(LOGIN_PASSWORD)).status_code == 302 and r,
         timeout=60,
-        what="a login after the cool-down",
+        message="a login after the cool-down",
         interval=0.25,
     )
     waited = time.monotonic() - locked_at
@@ -431,16 +419,18 @@ def test_300_concurrent_calls_to_a_blackholed_runtime_leave_healthz_and_a_health
     prober = threading.Thread(target=sample, name="prober")
     prober.start()
     try:
-        wait_for(lambda: len(samples["healthy"]) >= 20, timeout=30, what="baseline samples")
+        wait_until(lambda: len(samples["healthy"]) >= 20, timeout=30, message="baseline samples")
         baseline = take()
         with ThreadPoolExecutor(max_workers=300) as pool:
             futures = [pool.submit(call, index) for index in range(300)]
             # The burst: every call beyond the 32 that hang is answered, while the 32 still hang.
-            wait_for(lambda: sum(f.done() for f in futures) >= 300 - 32, timeout=60, what="the refusals")
+            wait_until(lambda: sum(f.done() for f in futures) >= 300 - 32, timeout=60, message="the refusals")
             burst = take()
             assert sum(f.done() for f in futures) == 300 - 32  # the 32 hang (for HELD_READ_TIMEOUT)
             # While 32 request threads hang on the runtime: /healthz and another runtime.
-            wait_for(lambda: len(samples["healthy"]) >= 200, timeout=HELD_READ_TIMEOUT - 5, what="held samples")
+            wait_until(
+                lambda: len(samples["healthy"]) >= 200, timeout=HELD_READ_TIMEOUT - 5, message="held samples"
+            )
             held = take()
             held_connections = blackhole.accepted - accepted_before
             assert sum(f.done() for f in futures) == 300 - 32, "the held calls ended before the samples"

@@ -36,15 +36,12 @@ def production_block() -> dict[str, str]:
     return values
 
 
-def test_check_deploy_reports_nothing_with_the_documented_production_block(tmp_path: Path) -> None:
-    values = production_block()
-    assert values["DJANGO_DEBUG"] == "0" and values["DJANGO_SECRET_KEY"].startswith("<")
-    values["DJANGO_SECRET_KEY"] = secrets.token_urlsafe(50)  # the placeholder says how to make one
-    values["DJANGO_STATIC_ROOT"] = str(tmp_path / "static")
+def check_deploy(tmp_path: Path, settings: dict[str, str], *options: str) -> subprocess.CompletedProcess[str]:
+    """``manage.py check --deploy`` in a fresh process with ``settings`` as its only Django/Yoi environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "YOI_"))}
-    env.update(values, DJANGO_SETTINGS_MODULE="yoi_backend.settings", YOI_DATA_DIR=str(tmp_path / "data"))
-    result = subprocess.run(
-        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "DEBUG"],
+    env.update(settings, DJANGO_SETTINGS_MODULE="yoi_backend.settings", YOI_DATA_DIR=str(tmp_path / "data"))
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", *options],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -52,28 +49,21 @@ def test_check_deploy_reports_nothing_with_the_documented_production_block(tmp_p
         timeout=120,
         check=False,
     )
+
+
+def test_check_deploy_reports_nothing_with_the_documented_production_block(tmp_path: Path) -> None:
+    values = production_block()
+    assert values["DJANGO_DEBUG"] == "0" and values["DJANGO_SECRET_KEY"].startswith("<")
+    values["DJANGO_SECRET_KEY"] = secrets.token_urlsafe(50)  # the placeholder says how to make one
+    values["DJANGO_STATIC_ROOT"] = str(tmp_path / "static")
+    result = check_deploy(tmp_path, values, "--fail-level", "DEBUG")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues (0 silenced)." in result.stdout
 
 
 def test_without_the_https_settings_check_deploy_does_complain(tmp_path: Path) -> None:
     # The test above can fail: the same check with only DEBUG off finds the HTTPS warnings.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "YOI_"))}
-    env.update(
-        DJANGO_DEBUG="0",
-        DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
-        DJANGO_SETTINGS_MODULE="yoi_backend.settings",
-        YOI_DATA_DIR=str(tmp_path / "data"),
-    )
-    result = subprocess.run(
-        [sys.executable, "manage.py", "check", "--deploy"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = check_deploy(tmp_path, {"DJANGO_DEBUG": "0", "DJANGO_SECRET_KEY": secrets.token_urlsafe(50)})
     for warning in ("security.W004", "security.W008", "security.W012", "security.W016"):
         assert warning in result.stdout + result.stderr
 
