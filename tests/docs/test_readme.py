@@ -141,8 +141,7 @@ class Shell:
         shell.send(
             "set -o pipefail\n"
             'curl() { if [ -n "$README_LENIENT" ]; then command curl "$@"; '
-            'else command curl --fail-with-body "$@"; fi; }\n'
-            + MARK
+            'else command curl --fail-with-body "$@"; fi; }\n' + MARK
         )
         status, output = shell.collect(30)
         assert status == 0, output
