@@ -361,4 +361,5 @@ def save_screenshot(page: Page, name: str, **options: Any) -> None:
     if os.environ.get("YOI_UPDATE_SCREENSHOTS") != "1":
         return
     SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT_DIR / name), **options)
+    # Transitions (the drawer sliding after a resize) are finished first, so the picture is the state itself.
+    page.screenshot(path=str(SCREENSHOT_DIR / name), animations="disabled", **options)
