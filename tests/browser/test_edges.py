@@ -186,6 +186,12 @@ def test_at_360_px_the_sidebar_is_a_drawer_and_everything_still_works(narrow_pag
     expect(page.locator(f'#runtime-list [data-worker-id="{worker_id}"]')).to_be_visible()
     page.locator("#nav-backdrop").click(position={"x": 350, "y": 400})
     expect(sidebar).to_be_hidden()
+    # The toggle stays in reach above the open drawer, and closes it again.
+    toggle.click()
+    expect(sidebar).to_be_visible()
+    toggle.click()
+    expect(sidebar).to_be_hidden()
+    expect(toggle).to_have_attribute("aria-expanded", "false")
 
 
 def tab_to(page: Page, selector: str, limit: int = 60) -> list[str]:
