@@ -185,6 +185,8 @@ RUNTIME_ID = OpenApiParameter(
     required=True,
     pattern=ID_REGEX,
     description="A runtime id: 1-120 characters of A-Z a-z 0-9 _ : - (anything else is 400 invalid_request).",
+    # What "Try it out" starts with: a runtime that `make run` registers.
+    examples=[OpenApiExample("the local runtime of make run", value=EXAMPLE_RUNTIME_ID)],
 )
 WORKER_ID = OpenApiParameter(
     "worker_id",

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from django.http import HttpRequest
+from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
@@ -113,6 +114,18 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
+def request_example(name: str, value: dict[str, Any]) -> OpenApiExample:
+    """A request body example that the API accepts as shipped (Swagger's "Try it out" starts from it)."""
+    return OpenApiExample(name, value=value, request_only=True)
+
+
+# Valid on any runtime: builtin:echo is built into every runtime that speaks the protocol.
+CREATE_EXAMPLE = {"profile": "builtin:echo", "intent": {"kind": "assistant"}, "initial_input": "hello"}
+INPUT_EXAMPLE = {"content": "how are you?", "kind": "user"}
+END_EXAMPLE = {"reason": "done for today"}
+
+
+@extend_schema_serializer(examples=[request_example("an echo worker", CREATE_EXAMPLE)])
 class WorkerCreateInputSerializer(serializers.Serializer[WorkerSpec]):
     """POST /runtimes/{runtime_id}/workers/: ``{profile?, intent?, initial_input?, worker_id?, options?}``."""
 
@@ -163,6 +176,7 @@ class WorkerCreateInputSerializer(serializers.Serializer[WorkerSpec]):
         )
 
 
+@extend_schema_serializer(examples=[request_example("a user message", INPUT_EXAMPLE)])
 class WorkerInputInputSerializer(serializers.Serializer[dict[str, Any]]):
     """POST …/{worker_id}/input/: ``{content, kind?}``."""
 
@@ -176,6 +190,7 @@ class WorkerInputInputSerializer(serializers.Serializer[dict[str, Any]]):
         return _check_input_size(value)
 
 
+@extend_schema_serializer(examples=[request_example("with a reason", END_EXAMPLE)])
 class WorkerEndInputSerializer(serializers.Serializer[dict[str, Any]]):
     """POST …/{worker_id}/stop/ and …/cancel/: an optional ``{reason?}``."""
 

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 RUNTIMES_CONFIG = ROOT / "fixtures" / "runtimes.example.toml"
 LOCAL_RUNTIME_PORT = 38800  # the base_url of runtime "local" in fixtures/runtimes.example.toml
+LOCAL_RUNTIME_URL = f"http://{HOST}:{LOCAL_RUNTIME_PORT}"
 READY_TIMEOUT = 30.0
 
 
@@ -51,20 +52,32 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
     raise SystemExit(f"{what} did not start listening on {HOST}:{port} within {READY_TIMEOUT:.0f} s")
 
 
+def runtimes_config(data_dir: Path, runtime_port: int) -> Path:
+    """The example runtimes file, with runtime "local" at ``runtime_port`` (written under ``data_dir``)."""
+    if runtime_port == LOCAL_RUNTIME_PORT:
+        return RUNTIMES_CONFIG
+    path = data_dir / "runtimes.toml"
+    text = RUNTIMES_CONFIG.read_text("utf-8").replace(f'"{LOCAL_RUNTIME_URL}"', f'"http://{HOST}:{runtime_port}"')
+    path.write_text(text, "utf-8")
+    return path
+
+
 def main() -> None:
     """Run everything until interrupted."""
     http_port = int(os.environ.get("YOI_HTTP_PORT", "8000"))
+    runtime_port = int(os.environ.get("YOI_LOCAL_RUNTIME_PORT", str(LOCAL_RUNTIME_PORT)))
     data_dir = Path(os.environ.get("YOI_DATA_DIR", ROOT / "var")).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    config = runtimes_config(data_dir, runtime_port)
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "yoi_backend.settings",
         "YOI_DATA_DIR": str(data_dir),
-        "YOI_RUNTIMES_CONFIG": str(RUNTIMES_CONFIG),
+        "YOI_RUNTIMES_CONFIG": str(config),
         # A fresh token for the local runtime each run: only this process tree knows it.
         "YOI_RUNTIME_LOCAL_TOKEN": secrets.token_urlsafe(32),
     }
-    for port, what in ((LOCAL_RUNTIME_PORT, "the local runtime"), (http_port, "the Backend")):
+    for port, what in ((runtime_port, "the local runtime"), (http_port, "the Backend")):
         if not port_free(port):
             raise SystemExit(f"port {port} for {what} is in use: stop what listens there and retry")
 
@@ -90,7 +103,7 @@ def main() -> None:
         runtime = subprocess.Popen(
             [
                 sys.executable, "-m", "worker_runtime", "serve",
-                "--bind", f"{HOST}:{LOCAL_RUNTIME_PORT}",
+                "--bind", f"{HOST}:{runtime_port}",
                 "--store", str(data_dir / "runtime-local"),
                 "--runtime-id", "local",
                 "--config", str(ROOT / "fixtures" / "runtime.local.toml"),
@@ -100,13 +113,13 @@ def main() -> None:
             cwd=ROOT,
         )  # fmt: skip
         children.append(runtime)
-        wait_for_port(LOCAL_RUNTIME_PORT, runtime, "the local runtime")
+        wait_for_port(runtime_port, runtime, "the local runtime")
         say("migrating the database")
         manage("migrate", "--noinput", "-v", "0", env=env)
         manage("collectstatic", "--noinput", "-v", "0", env=env)
         manage("ensure_demo_user", env=env)
         say(f"syncing runtimes from {RUNTIMES_CONFIG.relative_to(ROOT)}")
-        manage("sync_runtimes", "--file", str(RUNTIMES_CONFIG), env=env)
+        manage("sync_runtimes", "--file", str(config), env=env)
         say("probing runtimes")
         manage("probe_runtimes", env=env)
         say(f"starting the Backend on http://{HOST}:{http_port}/")

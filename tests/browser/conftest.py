@@ -51,7 +51,9 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-VIEWPORT = {"width": 1360, "height": 860}
+# The two widths the console is shown at (and screenshotted at): a laptop and a small phone.
+WIDE = {"width": 1280, "height": 800}
+NARROW = {"width": 360, "height": 740}
 USERNAME = "console-user"
 PASSWORD = "console-pw-for-browser-tests-5c81"
 SECRET_KEY = "browser-tests-secret-key-not-for-production-71ad"
@@ -175,7 +177,7 @@ def finish(command: subprocess.Popen[str]) -> None:
     assert command.returncode == 0, f"{' '.join(map(str, command.args))} failed:\n{output}"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def console_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleSite]:
     """The runtime ``local`` plus a prepared, running Backend (see the module docstring)."""
     marker = spawned_count()
@@ -206,7 +208,7 @@ def console_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleSi
         kill_spawned_since(marker)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
     """Headless Debian Chromium driven by Playwright."""
     from playwright.sync_api import sync_playwright
@@ -229,9 +231,11 @@ class Traffic:
     request_urls: list[str] = field(default_factory=list)
     ws_urls: list[str] = field(default_factory=list)
     frames_received: list[str] = field(default_factory=list)
+    page_errors: list[str] = field(default_factory=list)
 
     def attach(self, page: Page) -> None:
         """Record from now on."""
+        page.on("pageerror", lambda error: self.page_errors.append(str(error)))
         page.on("request", self._on_request)
         page.on("requestfinished", self._on_finished)
         page.on("websocket", self._on_websocket)
@@ -309,20 +313,47 @@ class ConsolePage:
         assert not leaks, leaks
 
 
-@pytest.fixture
-def console_page(browser: Browser, console_site: ConsoleSite) -> Iterator[ConsolePage]:
-    """A fresh context (no cookies) and page; after the test, no recorded traffic may leak."""
-    context = browser.new_context(viewport=VIEWPORT, base_url=console_site.base_url)
+@contextlib.contextmanager
+def open_console(browser: Browser, site: ConsoleSite, viewport: Mapping[str, int]) -> Iterator[ConsolePage]:
+    """A fresh context (no cookies) and page; at the end no recorded traffic may leak, no script error occur."""
+    context = browser.new_context(viewport=dict(viewport), base_url=site.base_url)  # type: ignore[arg-type]
     context.set_default_timeout(15_000)
     page = context.new_page()
     traffic = Traffic()
     traffic.attach(page)
-    console = ConsolePage(page=page, traffic=traffic, site=console_site)
+    console = ConsolePage(page=page, traffic=traffic, site=site)
     try:
         yield console
         console.assert_no_leak()
+        assert not console.traffic.page_errors, console.traffic.page_errors
     finally:
         context.close()
+
+
+@pytest.fixture
+def console_page(browser: Browser, console_site: ConsoleSite) -> Iterator[ConsolePage]:
+    """The console 1280 px wide (see ``open_console``)."""
+    with open_console(browser, console_site, WIDE) as console:
+        yield console
+
+
+@pytest.fixture
+def narrow_page(browser: Browser, console_site: ConsoleSite) -> Iterator[ConsolePage]:
+    """The console 360 px wide, a small phone (see ``open_console``)."""
+    with open_console(browser, console_site, NARROW) as console:
+        yield console
+
+
+@pytest.fixture
+def killable_site(console_site: ConsoleSite) -> Iterator[ConsoleSite]:
+    """Lets a test kill the runtime ``local`` or the Backend: both run again afterwards whatever the test did."""
+    try:
+        yield console_site
+    finally:
+        if console_site.runtime.proc.poll() is not None:
+            console_site.restart_runtime()
+        if console_site.backend is None or not console_site.backend.alive():
+            console_site.start_backend()
 
 
 def save_screenshot(page: Page, name: str, **options: Any) -> None:
@@ -330,4 +361,5 @@ def save_screenshot(page: Page, name: str, **options: Any) -> None:
     if os.environ.get("YOI_UPDATE_SCREENSHOTS") != "1":
         return
     SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT_DIR / name), **options)
+    # Transitions (the drawer sliding after a resize) are finished first, so the picture is the state itself.
+    page.screenshot(path=str(SCREENSHOT_DIR / name), animations="disabled", **options)

@@ -2,96 +2,32 @@
 
 Log in, see both runtimes of ``make run``'s config, create an echo worker, watch its streamed replies
 arrive live, survive a runtime restart and a Backend restart without losing or repeating a line, page
-the transcript, and read typed errors. Every test ends with the leak check of ``console_page``.
+the transcript, and see a finished worker refuse input. Every test ends with the leak check of
+``console_page`` (and no script error). Screenshots (``YOI_UPDATE_SCREENSHOTS=1``) are taken at 1280 px
+and, in the same states, 360 px.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import expect
 
-from tests.browser.conftest import PASSWORD, USERNAME, ConsolePage, save_screenshot
+from tests.browser.conftest import NARROW, USERNAME, ConsolePage, ConsoleSite, save_screenshot
+from tests.browser.helpers import (
+    BROWSER_MARKS,
+    RECOVERY_TIMEOUT,
+    assert_gapless,
+    create_echo_worker,
+    log_in,
+    open_runtime,
+    rendered_seqs,
+    reply,
+    send_input,
+)
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        os.environ.get("YOI_RUN_BROWSER") != "1",
-        reason="browser tests run with YOI_RUN_BROWSER=1 (they need Debian's chromium)",
-    ),
-]
-
-# How long a restarted process may take before the page shows it is back.
-RECOVERY_TIMEOUT = 30_000
-
-
-def log_in(console: ConsolePage) -> Page:
-    """Open /, get sent to the login page, log in, land on the console with its runtimes."""
-    page = console.page
-    page.goto("/")
-    expect(page).to_have_url(re.compile(r"/login/\?next=/$"))
-    page.get_by_label("Username").fill(USERNAME)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    expect(page.locator("#runtime-list .runtime-item")).to_have_count(2)
-    return page
-
-
-def open_runtime(page: Page, runtime_id: str) -> None:
-    """Select a runtime in the left column."""
-    page.locator(f'#runtime-list [data-runtime-id="{runtime_id}"] > .runtime-link').click()
-    expect(page.locator("#view-runtime")).to_be_visible()
-    expect(page.locator("#rt-id")).to_have_text(runtime_id)
-
-
-def create_echo_worker(page: Page, runtime_id: str, first_input: str) -> str:
-    """Create an echo worker from the runtime view; wait for its live view; its id."""
-    open_runtime(page, runtime_id)
-    page.locator("#create-profile").select_option("builtin:echo")
-    page.locator("#create-input").fill(first_input)
-    page.locator("#create-submit").click()
-    expect(page.locator("#view-worker")).to_be_visible()
-    expect(page.locator("#wk-status")).to_have_text("running")
-    expect(page.locator("#conn")).to_have_attribute("data-state", "connected")
-    expect(reply(page, first_input)).to_have_count(1)
-    return page.locator("#wk-id").inner_text()
-
-
-def reply(page: Page, text: str) -> Locator:
-    """The finished echo reply to ``text`` in the event view."""
-    bubble = page.locator(".bubble", has_text=re.compile(rf"^echo: {re.escape(text)}$"))
-    return page.locator("#events .ev-reply.done").filter(has=bubble)
-
-
-def user_message(page: Page, text: str) -> Locator:
-    """The user's input ``text`` in the event view."""
-    bubble = page.locator(".bubble", has_text=re.compile(rf"^{re.escape(text)}$"))
-    return page.locator("#events .ev-user").filter(has=bubble)
-
-
-def send_input(page: Page, text: str) -> None:
-    """Type an input, press Enter, and wait for the worker's streamed reply to finish."""
-    box = page.locator("#input-text")
-    box.fill(text)
-    box.press("Enter")
-    expect(user_message(page, text)).to_have_count(1)
-    expect(reply(page, text)).to_have_count(1)
-    expect(box).to_have_value("")
-
-
-def rendered_seqs(page: Page) -> list[int]:
-    """The seq of every event element in the event view, in page order."""
-    values = page.locator("#events [data-seq]").evaluate_all("elements => elements.map(e => e.dataset.seq)")
-    return [int(value) for value in values]
-
-
-def assert_gapless(seqs: list[int]) -> None:
-    """Every event from the first one, each once, in order."""
-    assert seqs, "no events rendered"
-    assert seqs == list(range(1, len(seqs) + 1)), seqs
+pytestmark = BROWSER_MARKS
 
 
 def test_login_then_both_runtimes_with_kind_status_and_capabilities(console_page: ConsolePage) -> None:
@@ -121,7 +57,10 @@ def test_login_then_both_runtimes_with_kind_status_and_capabilities(console_page
     expect(page.locator("#rt-last-seen time")).not_to_have_text("never")
     expect(page.locator("#worker-table")).not_to_contain_text("Loading")
     expect(page.locator("#runtime-list .worker-list")).not_to_contain_text("Loading")
-    save_screenshot(page, "console-runtimes.png")
+    save_screenshot(page, "console-runtime-1280.png")
+    page.set_viewport_size(NARROW)
+    expect(page.locator("#sidebar")).to_be_hidden()
+    save_screenshot(page, "console-runtime-360.png", full_page=True)
 
     # Everything the page loaded came from the Backend itself: no CDN, no other origin.
     urls = console_page.traffic.request_urls
@@ -130,21 +69,32 @@ def test_login_then_both_runtimes_with_kind_status_and_capabilities(console_page
     assert console_page.traffic.api_bodies(), "no /api/ response body was recorded for the leak check"
 
 
-def test_echo_worker_streams_live_and_survives_a_runtime_restart(console_page: ConsolePage) -> None:
-    site = console_page.site
+def test_echo_worker_streams_live_and_survives_a_runtime_restart(
+    console_page: ConsolePage, killable_site: ConsoleSite
+) -> None:
+    site = killable_site
     page = log_in(console_page)
     create_echo_worker(page, "local", "hello from the console")
     # Streamed: the reply was assembled from several text_delta events as they arrived.
     assert reply(page, "hello from the console").locator(".chunk[data-seq]").count() >= 2
     send_input(page, "one")
-    save_screenshot(page, "console-worker-live.png")
+    save_screenshot(page, "console-worker-1280.png")
+    page.set_viewport_size(NARROW)
+    save_screenshot(page, "console-worker-360.png", full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 800})
 
     site.kill_runtime()
     conn = page.locator("#conn")
     expect(conn).to_have_attribute("data-state", "reconnecting", timeout=RECOVERY_TIMEOUT)
     expect(conn.locator(".conn-countdown")).to_have_text(re.compile(r"^retry in \d+ s$"))
-    expect(conn.locator(".conn-reason")).not_to_be_empty()
-    save_screenshot(page, "console-reconnecting.png")
+    # Why, in words, with the code beside it.
+    expect(conn.locator(".conn-reason")).to_contain_text("runtime unreachable")
+    expect(conn.locator(".conn-reason code")).to_have_text("runtime_unreachable")
+    # The sidebar agrees with the worker pane.
+    local = page.locator('#runtime-list [data-runtime-id="local"]')
+    expect(local.locator(".badge")).to_have_text("offline")
+    expect(local.locator(".err-inline code")).to_have_text("runtime_unreachable")
+    save_screenshot(page, "console-reconnecting-1280.png")
 
     site.restart_runtime()
     expect(conn).to_have_attribute("data-state", "connected", timeout=RECOVERY_TIMEOUT)
@@ -152,6 +102,7 @@ def test_echo_worker_streams_live_and_survives_a_runtime_restart(console_page: C
     assert_gapless(rendered_seqs(page))
     for text in ("hello from the console", "one", "two"):
         expect(reply(page, text)).to_have_count(1)
+    expect(local.locator(".badge")).to_have_text("online", timeout=RECOVERY_TIMEOUT)
     frames = console_page.traffic.frames_received
     assert any('"type":"event"' in frame for frame in frames), "the leak check saw no event frame"
 
@@ -170,11 +121,19 @@ def test_echo_worker_streams_live_and_survives_a_runtime_restart(console_page: C
     page.locator("#tx-prev").click()
     expect(items).to_have_count(5)
     expect(items.first).to_contain_text("hello from the console")
-    save_screenshot(page, "console-transcript.png")
+
+    # On page 1, new items move the total (and the pager) live: the range never lags behind.
+    send_input(page, "three")
+    expect(page.locator("#tx-range")).to_have_text("1\u20135 of 8")
+    expect(items.first).to_contain_text("hello from the console")
+    expect(page.locator("#tx-next")).to_be_enabled()
+    save_screenshot(page, "console-transcript-1280.png")
 
 
-def test_browser_socket_resumes_with_after_when_the_backend_restarts(console_page: ConsolePage) -> None:
-    site = console_page.site
+def test_browser_socket_resumes_with_after_when_the_backend_restarts(
+    console_page: ConsolePage, killable_site: ConsoleSite
+) -> None:
+    site = killable_site
     traffic = console_page.traffic
     page = log_in(console_page)
     create_echo_worker(page, "local", "before the blip")
@@ -197,29 +156,35 @@ def test_browser_socket_resumes_with_after_when_the_backend_restarts(console_pag
     expect(page.locator("#events .ev-sys")).to_contain_text(f"resumed after #{last_seq}")
 
 
-def test_errors_show_the_typed_code_and_message(console_page: ConsolePage) -> None:
+def test_a_stopped_worker_disables_the_input_and_says_why(console_page: ConsolePage) -> None:
     page = log_in(console_page)
-    create_echo_worker(page, "embedded", "hello embedded")
+    worker_id = create_echo_worker(page, "embedded", "hello embedded")
+    box = page.locator("#input-text")
+    expect(box).to_be_enabled()
+    expect(page.locator("#input-closed")).to_be_hidden()
+
     page.locator("#wk-stop").click()
     expect(page.locator("#wk-status")).to_have_text("stopped")
     expect(page.locator("#conn")).to_have_attribute("data-state", "ended")
     expect(page.locator("#events .ev-worker_exited")).to_have_count(1)
     assert_gapless(rendered_seqs(page))
+    for control in ("#input-text", "#input-kind", "#input-send", "#wk-stop", "#wk-cancel"):
+        expect(page.locator(control)).to_be_disabled()
+    closed = page.locator("#input-closed")
+    expect(closed).to_have_text("This worker was stopped: it takes no more input.")
+    # The box points at the reason, so a screen reader says it too.
+    assert "input-closed" in (box.get_attribute("aria-describedby") or "")
+    # Focus was on Stop, now disabled: it went somewhere visible instead of being lost.
+    assert page.evaluate("document.activeElement !== document.body")
 
-    page.locator("#input-text").fill("anyone there?")
-    page.locator("#input-send").click()
-    error = page.locator("#input-error")
-    expect(error).to_be_visible()
-    expect(error).to_have_attribute("data-code", "runtime_rejected")
-    expect(error.locator(".err-code")).to_have_text("runtime_rejected")
-    expect(error.locator(".err-msg")).to_contain_text("rejected")
-    expect(error.locator(".err-details")).to_contain_text("worker_not_running")
-
-    page.goto("/#/runtimes/local/workers/w-no-such-worker")
-    expect(page.locator("#worker-error")).to_have_attribute("data-code", "worker_not_found")
-    expect(page.locator("#worker-error .err-msg")).not_to_be_empty()
-    page.goto("/#/runtimes/no-such-runtime")
-    expect(page.locator("#runtime-error")).to_have_attribute("data-code", "runtime_not_found")
+    # Opened afresh, the finished worker is shown finished at once.
+    page.reload()
+    expect(page.locator("#wk-id")).to_have_text(worker_id)
+    expect(page.locator("#wk-status")).to_have_text("stopped")
+    expect(box).to_be_disabled()
+    expect(closed).to_be_visible()
+    row = page.locator(f'#runtime-list .worker-list [data-worker-id="{worker_id}"]')
+    expect(row.locator(".dot")).to_have_class(re.compile("dot-stopped"))
 
 
 def test_api_docs_run_under_the_content_security_policy(console_page: ConsolePage) -> None:

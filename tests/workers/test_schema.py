@@ -20,6 +20,7 @@ from rest_framework.test import APIClient
 
 import workers.exceptions
 from runtimes.errors import RuntimeRejected, YoiError
+from runtimes.models import Runtime
 from workers import schema as api_schema
 from workers.urls import urlpatterns as worker_urlpatterns
 
@@ -247,3 +248,53 @@ def test_request_bodies_document_what_validation_refuses(openapi: dict[str, Any]
     assert create["worker_id"]["pattern"] == "^[A-Za-z0-9_:-]{1,120}$"
     assert (create["profile"]["maxLength"], create["profile"]["nullable"]) == (200, True)
     assert components["WorkerEndRequest"]["properties"]["reason"]["maxLength"] == 500
+
+
+def request_example(operation: dict[str, Any]) -> dict[str, Any]:
+    """The first example of an operation's JSON body: what Swagger's "Try it out" pre-fills."""
+    examples = operation["requestBody"]["content"]["application/json"].get("examples") or {}
+    assert examples, f"{operation['operationId']} has no request body example"
+    value: dict[str, Any] = next(iter(examples.values()))["value"]
+    return value
+
+
+def path_example(operation: dict[str, Any], name: str) -> str:
+    """The example of a path parameter."""
+    (parameter,) = [p for p in operation["parameters"] if p["in"] == "path" and p["name"] == name]
+    value: str = next(iter(parameter["examples"].values()))["value"]
+    return value
+
+
+def test_every_request_body_carries_an_example_the_schema_accepts(openapi: dict[str, Any]) -> None:
+    bodies = [(path, op) for path, _, op in operations(openapi) if "requestBody" in op]
+    assert len(bodies) == 4  # create, input, stop, cancel
+    for _path, operation in bodies:
+        example = request_example(operation)
+        ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        component = openapi["components"]["schemas"][ref.rsplit("/", 1)[1]]
+        assert set(example) <= set(component["properties"]), (operation["operationId"], example)
+        for key in component.get("required", []):
+            assert key in example, (operation["operationId"], key)
+        for key, value in example.items():
+            pattern = component["properties"][key].get("pattern")
+            if pattern and isinstance(value, str):
+                assert re.search(pattern, value), (operation["operationId"], key, value)
+
+
+def test_swaggers_examples_succeed_as_shipped(
+    api_client: APIClient, embedded_runtime: Runtime, openapi: dict[str, Any]
+) -> None:
+    """What "Try it out" sends unchanged: create answers 201, then input 202, stop and cancel 200."""
+    paths = openapi["paths"]
+    create = paths["/api/v1/runtimes/{runtime_id}/workers/"]["post"]
+    runtime_id = path_example(create, "runtime_id")
+    response = api_client.post(f"/api/v1/runtimes/{runtime_id}/workers/", request_example(create), format="json")
+    assert response.status_code == 201, response.content
+    worker = response.json()
+    assert worker["profile"] == "builtin:echo"
+    base = f"/api/v1/runtimes/{runtime_id}/workers/{worker['worker_id']}/"
+    for action, status in (("input", 202), ("stop", 200), ("cancel", 200)):
+        operation = paths[f"/api/v1/runtimes/{{runtime_id}}/workers/{{worker_id}}/{action}/"]["post"]
+        answer = api_client.post(f"{base}{action}/", request_example(operation), format="json")
+        assert answer.status_code == status, (action, answer.content)
+    assert api_client.get(base).json()["status"] == "stopped"
