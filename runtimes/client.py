@@ -62,6 +62,8 @@ PATH_WORKER_STOP = "/v1/workers/{worker_id}/stop"
 PATH_WORKER_CANCEL = "/v1/workers/{worker_id}/cancel"
 PATH_WORKER_TRANSCRIPT = "/v1/workers/{worker_id}/transcript"
 PATH_WORKER_EVENTS = "/v1/workers/{worker_id}/events"
+# The SSE response header naming the epoch of the worker event log a stream comes from.
+HEADER_STREAM_EPOCH = "Yoi-Stream-Epoch"
 
 # A token goes into a header: printable ASCII without spaces, or it is not a usable credential.
 _TOKEN_RE = re.compile(r"[\x21-\x7e]+")
@@ -483,6 +485,8 @@ class ClientEventStream:
         self._client = client
         self._response = response
         self._max_event_bytes = client.max_event_bytes
+        # As the runtime sent it (None without one); the handle checks it like any runtime-supplied field.
+        self.epoch_header: str | None = response.headers.get(HEADER_STREAM_EPOCH)
         self._closed = threading.Event()
         self._close_lock = threading.Lock()
         self._released = False

@@ -335,6 +335,12 @@ class WorkerSchema(_RefinedSerializer):
         "updated_at": _TIMESTAMP,
         "reason": {"type": "string", "description": "Why the worker ended, when known."},
         "exit_code": {"type": "integer", "description": "Exit code of a subprocess profile, when known."},
+        "epoch": {
+            "type": "string",
+            "nullable": True,
+            "description": "The epoch of the worker's event stream: a new value under the same ids means a "
+            "new stream whose seqs say nothing about the old one's. Null when the runtime has no epochs.",
+        },
     }
 
 

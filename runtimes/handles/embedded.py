@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from runtimes.errors import InvalidRequest, RuntimeRejected, RuntimeUnreachable, WorkerNotFound, YoiError
 from runtimes.handles.parse import parse_ack, parse_event, parse_summary, parse_transcript, parse_worker
 from runtimes.types import (
+    RESET_HISTORY_EXPIRED,
     Ack,
     Capabilities,
     RuntimeKind,
@@ -48,6 +49,7 @@ class EmbeddedEventStream:
         self._queue: queue.SimpleQueue[Sequence[Event] | None] = queue.SimpleQueue()
         self._closed = threading.Event()
         self._subscription: Subscription = core.subscribe(worker_id, after=after, listener=self._queue.put)
+        self.epoch: str | None = self._subscription.epoch or None
 
     def __repr__(self) -> str:
         return f"EmbeddedEventStream(runtime_id={self.runtime_id!r}, worker_id={self.worker_id!r})"
@@ -56,7 +58,11 @@ class EmbeddedEventStream:
         subscription = self._subscription
         try:
             if subscription.reset_earliest_seq is not None:
-                yield StreamReset(reason="history_expired", earliest_seq=subscription.reset_earliest_seq)
+                yield StreamReset(
+                    reason=subscription.reset_reason or RESET_HISTORY_EXPIRED,
+                    earliest_seq=subscription.reset_earliest_seq,
+                    epoch=self.epoch,
+                )
             batch: Sequence[Event] | None = subscription.backlog
             while batch is not None and not self._closed.is_set():
                 for event in batch:

@@ -173,3 +173,35 @@ def test_events_resume_after_a_cursor_exactly(handle: RuntimeHandle) -> None:
     assert rest[0].seq == first[-1].seq + 1
     assert [e.seq for e in first + rest] == list(range(1, len(first) + len(rest) + 1))
     assert rest[-1].data["text"] == "echo: two"
+
+
+def test_every_worker_stream_has_an_epoch_in_its_detail_and_on_its_stream(handle: RuntimeHandle) -> None:
+    one = handle.create_worker(WorkerSpec(worker_id="w-e1"))
+    two = handle.create_worker(WorkerSpec(worker_id="w-e2"))
+    assert one.epoch and two.epoch and one.epoch != two.epoch
+    assert handle.get_worker("w-e1").epoch == one.epoch
+    assert {w.worker_id: w.epoch for w in handle.list_workers()} == {"w-e1": one.epoch, "w-e2": two.epoch}
+    stream = handle.open_events("w-e1", after=0)
+    try:
+        assert stream.epoch == one.epoch
+    finally:
+        stream.close()
+
+
+def test_a_cursor_past_the_end_is_a_cursor_ahead_reset_then_the_whole_log(handle: RuntimeHandle) -> None:
+    worker = handle.create_worker(WorkerSpec(worker_id="w-ahead", initial_input="hi"))
+    log = collect_events(handle, "w-ahead", after=0, until="text_done")
+    stream = handle.open_events("w-ahead", after=log[-1].seq + 40)
+    watchdog = threading.Timer(STREAM_TIMEOUT, stream.close)
+    watchdog.start()
+    items: list[WorkerEvent | StreamReset] = []
+    try:
+        for item in stream:
+            items.append(item)
+            if len(items) == len(log) + 1:
+                break
+    finally:
+        watchdog.cancel()
+        stream.close()
+    assert items[0] == StreamReset(reason="cursor_ahead", earliest_seq=1, epoch=worker.epoch)
+    assert [e.seq for e in items[1:] if isinstance(e, WorkerEvent)] == [e.seq for e in log]

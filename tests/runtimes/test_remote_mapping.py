@@ -372,7 +372,8 @@ def test_non_object_2xx_maps_to_runtime_bad_response(
         pytest.param(canned("worker_other_runtime.json"), "get", id="worker_of_another_runtime"),
         pytest.param(canned("worker_other_id.json"), "get", id="worker_with_another_id"),
         pytest.param(
-            b'{"transcript": {"start": 0, "limit": 2, "total_items": 1, "items": [{"sequence": "1"}]}}',
+            b'{"transcript": {"start": 0, "limit": 2, "total_items": 1,'
+            b' "items": [{"sequence": "one", "role": "user", "content": "hi"}]}}',
             "transcript",
             id="transcript_item_wrong_type",
         ),

@@ -26,8 +26,9 @@ WORKER = WorkerDetail(
     last_seq=7,
     created_at=1_800_000_000.5,
     updated_at=1_800_000_001.0,
+    epoch="0f3c9a7e5b1d4c2a",
 )
-WORKER_KEYS = {"runtime_id", "worker_id", "status", "profile", "intent", "transcript_len", "last_seq"}
+WORKER_KEYS = {"runtime_id", "worker_id", "status", "profile", "intent", "transcript_len", "last_seq", "epoch"}
 
 
 @pytest.mark.parametrize(
@@ -112,6 +113,7 @@ def test_worker_routes_shapes(api_client: APIClient, services: ServiceSpy, user:
     (item,) = body["items"]
     assert set(item) == WORKER_KEYS | {"created_at", "updated_at"}
     assert item["created_at"] == "2027-01-15T08:00:00.500000Z"
+    assert item["epoch"] == "0f3c9a7e5b1d4c2a"
     assert api_client.get("/api/v1/runtimes/local/workers/w1/").json() == item
 
 
@@ -127,6 +129,7 @@ def test_worker_unknown_optional_fields_are_omitted(api_client: APIClient, servi
         "transcript_len": None,
         "last_seq": None,
         "exit_code": 3,
+        "epoch": None,
     }
 
 
