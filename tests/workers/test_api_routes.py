@@ -144,6 +144,7 @@ def test_create_passes_a_spec_and_answers_201(api_client: APIClient, services: S
             "worker_id": "w1",
         },
         format="json",
+        HTTP_IDEMPOTENCY_KEY="create-1",
     )
     assert response.status_code == 201
     assert response["Location"] == "/api/v1/runtimes/local/workers/w1/"
@@ -160,6 +161,7 @@ def test_create_passes_a_spec_and_answers_201(api_client: APIClient, services: S
                     worker_id="w1",
                 ),
                 "user": user,
+                "idempotency_key": "create-1",
             },
         )
     ]
@@ -187,7 +189,14 @@ def test_input_answers_202_ack(api_client: APIClient, services: ServiceSpy, user
     assert services.calls == [
         (
             "worker_send_input",
-            {"runtime_id": "local", "worker_id": "w1", "content": " hi ", "kind": "user", "user": user},
+            {
+                "runtime_id": "local",
+                "worker_id": "w1",
+                "content": " hi ",
+                "kind": "user",
+                "user": user,
+                "idempotency_key": None,
+            },
         )
     ]
 
