@@ -149,17 +149,35 @@ def worker_send_input(
     )
 
 
+def _end(
+    action: str,
+    *,
+    runtime_id: str,
+    worker_id: str,
+    reason: str | None,
+    user: RequestUser,
+    idempotency_key: str | None,
+) -> Ack:
+    key = forwarded_idempotency_key(user=user, key=idempotency_key)
+
+    def operation(handle: RuntimeHandle) -> Ack:
+        end = handle.stop_worker if action == "stop" else handle.cancel_worker
+        return end(worker_id, reason=reason, idempotency_key=key)
+
+    return _command(action, runtime_id, worker_id, user, operation)
+
+
 def worker_stop(
     *, runtime_id: str, worker_id: str, reason: str | None, user: RequestUser, idempotency_key: str | None = None
 ) -> Ack:
     """Graceful end of a worker (a no-op answer when it already ended)."""
-    key = forwarded_idempotency_key(user=user, key=idempotency_key)
-    return _command(
+    return _end(
         "stop",
-        runtime_id,
-        worker_id,
-        user,
-        lambda handle: handle.stop_worker(worker_id, reason=reason, idempotency_key=key),
+        runtime_id=runtime_id,
+        worker_id=worker_id,
+        reason=reason,
+        user=user,
+        idempotency_key=idempotency_key,
     )
 
 
@@ -167,13 +185,13 @@ def worker_cancel(
     *, runtime_id: str, worker_id: str, reason: str | None, user: RequestUser, idempotency_key: str | None = None
 ) -> Ack:
     """Immediate end of a worker (a no-op answer when it already ended)."""
-    key = forwarded_idempotency_key(user=user, key=idempotency_key)
-    return _command(
+    return _end(
         "cancel",
-        runtime_id,
-        worker_id,
-        user,
-        lambda handle: handle.cancel_worker(worker_id, reason=reason, idempotency_key=key),
+        runtime_id=runtime_id,
+        worker_id=worker_id,
+        reason=reason,
+        user=user,
+        idempotency_key=idempotency_key,
     )
 
 

@@ -208,22 +208,22 @@ class EmbeddedRuntimeHandle:
         return parse_ack(body, runtime_id=self.runtime_id, worker_id=worker_id)
 
     def stop_worker(self, worker_id: str, *, reason: str | None = None, idempotency_key: str | None = None) -> Ack:
-        body = self._command(
-            f"/v1/workers/{worker_id}/stop",
-            {} if reason is None else {"reason": reason},
-            lambda core: core.stop_worker(worker_id, reason=reason),
-            idempotency_key=idempotency_key,
-            worker_id=worker_id,
-        )
-        return parse_ack(body, runtime_id=self.runtime_id, worker_id=worker_id)
+        return self._end("stop", worker_id, reason=reason, idempotency_key=idempotency_key)
 
     def cancel_worker(
         self, worker_id: str, *, reason: str | None = None, idempotency_key: str | None = None
     ) -> Ack:
+        return self._end("cancel", worker_id, reason=reason, idempotency_key=idempotency_key)
+
+    def _end(self, action: str, worker_id: str, *, reason: str | None, idempotency_key: str | None) -> Ack:
+        def operation(core: WorkerRuntime) -> dict[str, Any]:
+            end = core.stop_worker if action == "stop" else core.cancel_worker
+            return end(worker_id, reason=reason)
+
         body = self._command(
-            f"/v1/workers/{worker_id}/cancel",
+            f"/v1/workers/{worker_id}/{action}",
             {} if reason is None else {"reason": reason},
-            lambda core: core.cancel_worker(worker_id, reason=reason),
+            operation,
             idempotency_key=idempotency_key,
             worker_id=worker_id,
         )
