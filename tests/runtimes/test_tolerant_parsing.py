@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import responses
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runtimes.errors import RuntimeBadResponse
 from runtimes.handles import parse
@@ -369,3 +372,39 @@ def test_a_runtime_speaking_yoi_v1_shapes_works_with_no_adapter(
         "intent": {"kind": "assistant"},
         "profile": {"kind": "builtin", "value": "builtin:echo"},
     }
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=30),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+EVENT_FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "seq": JSON | st.integers(min_value=1) | st.integers(min_value=1).map(str),
+        "worker_id": JSON | st.just(WID),
+        "event": JSON | st.sampled_from(["text_delta", "status", ""]),
+        "data": JSON,
+        "ts": JSON | st.datetimes(timezones=st.just(UTC)).map(lambda d: d.isoformat()),
+        "extra": JSON,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.sampled_from(["", "message", "text_delta", "reset", "status"]), data=EVENT_FIELDS)
+def test_any_event_either_parses_to_browser_safe_fields_or_is_a_typed_failure(
+    name: str, data: dict[str, Any]
+) -> None:
+    try:
+        item = parse_event(name, data, runtime_id=RID, worker_id=WID)
+    except RuntimeBadResponse:
+        return
+    if isinstance(item, StreamReset):
+        assert isinstance(item.earliest_seq, int) and item.earliest_seq >= 1 and isinstance(item.reason, str)
+        return
+    assert type(item.seq) is int and item.seq >= 1
+    assert item.worker_id == WID and isinstance(item.event, str) and item.event
+    assert isinstance(item.data, dict)
+    assert item.ts is None or (type(item.ts) is float and math.isfinite(item.ts))
