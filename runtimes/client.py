@@ -30,6 +30,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from runtimes.errors import (
+    IdempotencyKeyReused,
     InvalidRequest,
     RuntimeAuthFailed,
     RuntimeBadResponse,
@@ -62,6 +63,10 @@ PATH_WORKER_STOP = "/v1/workers/{worker_id}/stop"
 PATH_WORKER_CANCEL = "/v1/workers/{worker_id}/cancel"
 PATH_WORKER_TRANSCRIPT = "/v1/workers/{worker_id}/transcript"
 PATH_WORKER_EVENTS = "/v1/workers/{worker_id}/events"
+# The runtime's error code for a key reused with another request (docs/runtime-protocol.md, Idempotency).
+IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+# The SSE response header naming the epoch of the worker event log a stream comes from.
+HEADER_STREAM_EPOCH = "Yoi-Stream-Epoch"
 
 # A token goes into a header: printable ASCII without spaces, or it is not a usable credential.
 _TOKEN_RE = re.compile(r"[\x21-\x7e]+")
@@ -366,6 +371,8 @@ class RemoteRuntimeClient:
             return RuntimeUnsupported(**ids)
         if status in (405, 501):
             return RuntimeUnsupported(**ids)
+        if status == 422 and code == IDEMPOTENCY_KEY_REUSED:
+            return IdempotencyKeyReused(**ids)  # the caller's key, not the runtime, is at fault
         if status == 413:
             return RuntimeRejected(
                 upstream_code=code or "payload_too_large", upstream_status=status, detail=message, **ids
@@ -483,6 +490,8 @@ class ClientEventStream:
         self._client = client
         self._response = response
         self._max_event_bytes = client.max_event_bytes
+        # As the runtime sent it (None without one); the handle checks it like any runtime-supplied field.
+        self.epoch_header: str | None = response.headers.get(HEADER_STREAM_EPOCH)
         self._closed = threading.Event()
         self._close_lock = threading.Lock()
         self._released = False

@@ -113,6 +113,13 @@ class RuntimeRejected(YoiError):
         return {**super().to_json(), "upstream_code": self.upstream_code}
 
 
+class IdempotencyKeyReused(YoiError):
+    """An ``Idempotency-Key`` sent again with a different request (another body, worker or command)."""
+
+    code, status = "idempotency_key_reused", 422
+    template = "this Idempotency-Key was already used for a different request"
+
+
 class RuntimeUnsupported(YoiError):
     """The runtime lacks the capability or route."""
 

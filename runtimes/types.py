@@ -90,6 +90,8 @@ class WorkerDetail:
     updated_at: float | None = None
     reason: str | None = None
     exit_code: int | None = None
+    # The epoch of the worker's event log (docs/runtime-protocol.md); None from runtimes without epochs.
+    epoch: str | None = None
 
 
 # A list item carries the same fields as a detail (a runtime may omit the optional ones).
@@ -170,9 +172,18 @@ class WorkerEvent:
     ts: float | None = None
 
 
+RESET_HISTORY_EXPIRED = "history_expired"
+RESET_CURSOR_AHEAD = "cursor_ahead"
+
+
 @dataclass(frozen=True)
 class StreamReset:
-    """The runtime no longer has the asked-for history; the stream goes on from ``earliest_seq``."""
+    """The runtime cannot honour the asked-for cursor; the stream goes on from ``earliest_seq``.
+
+    ``reason``: ``history_expired`` (those events are gone) or ``cursor_ahead`` (the cursor is past the end
+    of the log: it came from another stream under the same ids); ``epoch`` names the log, when known.
+    """
 
     reason: str
     earliest_seq: int
+    epoch: str | None = None

@@ -28,7 +28,7 @@ from worker_runtime.errors import (
 )
 from worker_runtime.execution import FINISH_TIMEOUT, Executor, make_executor
 from worker_runtime.ids import ID_PATTERN, is_valid_id, require_id
-from worker_runtime.model import Event, TranscriptItem, WorkerRecord
+from worker_runtime.model import Event, TranscriptItem, WorkerRecord, new_epoch
 from worker_runtime.store import MemoryStore, Store, WorkerLog
 
 logger = logging.getLogger(__name__)
@@ -45,11 +45,17 @@ OPTION_BOUNDS: dict[str, dict[str, tuple[float, float]]] = {
 }
 
 
+RESET_HISTORY_EXPIRED = "history_expired"
+RESET_CURSOR_AHEAD = "cursor_ahead"
+
+
 @dataclass
 class Subscription:
     """A worker's events after a cursor: ``backlog`` now, then the listener gets every later batch.
 
-    ``reset_earliest_seq`` is set when the asked-for history is gone (the backlog then starts there);
+    ``reset_earliest_seq`` is set when the cursor cannot be honoured (the backlog then starts there), with
+    ``reset_reason``: ``history_expired`` (those events are gone) or ``cursor_ahead`` (the cursor is past
+    the log's end: it belongs to another log of the same ids). ``epoch`` names the worker's event log;
     ``finished`` means the backlog ends the worker's log and nothing will follow.
     """
 
@@ -57,6 +63,8 @@ class Subscription:
     reset_earliest_seq: int | None
     finished: bool
     _close: Callable[[], None] = field(repr=False)
+    epoch: str = ""
+    reset_reason: str | None = None
 
     def close(self) -> None:
         """Stop delivering to the listener (idempotent)."""
@@ -158,6 +166,10 @@ class WorkerRuntime:
 
     def _recover(self, w: _Worker) -> None:
         with w.lock:
+            if not w.record.epoch:
+                # A log kept by a store from before epochs: it gets one now, kept from here on.
+                w.record.epoch = new_epoch()
+                self._store.save_worker(w.record)
             self._reconcile_transcript(w)
             if not w.events:
                 self._append(w, [("status", {"status": "running"})])
@@ -302,6 +314,7 @@ class WorkerRuntime:
                 status="running",
                 created_at=now,
                 updated_at=now,
+                epoch=new_epoch(),
             )
             w = _Worker(WorkerLog(record=record), spec)
             self._workers[worker_id] = w
@@ -396,13 +409,19 @@ class WorkerRuntime:
             earliest = w.events[0].seq
             finished = w.record.status != "running"
             reset: int | None = None
+            reason: str | None = None
             if after is None:
                 # Live only; a finished worker still tells how it ended, so nobody waits forever.
                 backlog = [w.events[-1]] if finished else []
             elif after + 1 < earliest:
-                reset, backlog = earliest, list(w.events)
+                reset, reason, backlog = earliest, RESET_HISTORY_EXPIRED, list(w.events)
+            elif after > w.last_seq:
+                # Seqs are never reused within one log: a cursor past its end was handed out by another log
+                # under the same ids (a wiped store). Say so instead of waiting for seqs that mean nothing.
+                reset, reason, backlog = earliest, RESET_CURSOR_AHEAD, list(w.events)
             else:
                 backlog = w.events[after + 1 - earliest :]
+            epoch = w.record.epoch
             if not finished:
                 w.listeners.append(listener)
         with self._lock:
@@ -419,7 +438,14 @@ class WorkerRuntime:
             with self._lock:
                 self._streams_open -= 1
 
-        return Subscription(backlog=backlog, reset_earliest_seq=reset, finished=finished, _close=close)
+        return Subscription(
+            backlog=backlog,
+            reset_earliest_seq=reset,
+            finished=finished,
+            _close=close,
+            epoch=epoch,
+            reset_reason=reason,
+        )
 
     # ----------------------------------------------------------------------------------------- internals
 
@@ -451,6 +477,7 @@ class WorkerRuntime:
                 "last_seq": w.last_seq,
                 "reason": record.reason,
                 "exit_code": record.exit_code,
+                "epoch": record.epoch,
             }
 
     def _append(self, w: _Worker, items: Sequence[tuple[str, dict[str, Any]]]) -> list[Event]:

@@ -15,7 +15,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,10 +84,11 @@ def is_replayable(status: int, body: dict[str, Any]) -> bool:
 
 @dataclass(frozen=True)
 class StoredAnswer:
-    """The first answer given to a key."""
+    """The first answer given to a key (``replayed``: given again, not made now)."""
 
     status: int
     body: dict[str, Any]
+    replayed: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ class IdempotencyCache:
 
     ``hold(key)`` serialises requests that share a key (on the server's event loop), so two concurrent
     requests with one key never both take effect: the second waits and then finds the first answer.
+    In-process callers use ``answer_once`` (``hold_blocking`` from threads); one cache serves one kind.
     """
 
     def __init__(
@@ -143,7 +145,10 @@ class IdempotencyCache:
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._appended = 0
-        self._key_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # key -> (its lock, how many hold or wait on it): asyncio locks from the server, threading ones in-process.
+        self._key_locks: dict[str, tuple[Any, int]] = {}
+        # Not self._lock: that one is held across store writes, and the server's event loop takes this one.
+        self._key_locks_guard = threading.Lock()
         loaded = dropped = 0
         now = clock()
         for raw in entries:
@@ -168,22 +173,57 @@ class IdempotencyCache:
         with self._lock:
             return len(self._entries)
 
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        """Hold the per-key lock (event-loop side; the lock is dropped when nobody waits on it)."""
-        lock, users = self._key_locks.get(key, (None, 0))
-        if lock is None:
-            lock = asyncio.Lock()
-        self._key_locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
+    def _take(self, key: str, make: Callable[[], Any]) -> Any:
+        """The lock of ``key`` (made by ``make`` when nobody holds or waits on it), counted as used once more."""
+        with self._key_locks_guard:
+            lock, users = self._key_locks.get(key, (None, 0))
+            if lock is None:
+                lock = make()
+            self._key_locks[key] = (lock, users + 1)
+            return lock
+
+    def _drop(self, key: str) -> None:
+        with self._key_locks_guard:
             lock, users = self._key_locks[key]
             if users <= 1:
                 del self._key_locks[key]
             else:
                 self._key_locks[key] = (lock, users - 1)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        """Hold the per-key lock (event-loop side; the lock is dropped when nobody waits on it)."""
+        lock: asyncio.Lock = self._take(key, asyncio.Lock)
+        try:
+            async with lock:
+                yield
+        finally:
+            self._drop(key)
+
+    @contextlib.contextmanager
+    def hold_blocking(self, key: str) -> Iterator[None]:
+        """Hold the per-key lock from a thread (in-process callers such as the Backend's embedded runtime)."""
+        lock: threading.Lock = self._take(key, threading.Lock)
+        try:
+            with lock:
+                yield
+        finally:
+            self._drop(key)
+
+    def answer_once(
+        self, key: str, fingerprint: str, run: Callable[[], tuple[int, dict[str, Any]]]
+    ) -> StoredAnswer:
+        """The answer to the request ``fingerprint`` sent with ``key``: the first one when there was one
+        (``replayed``), else what ``run()`` answers now (kept when replayable). Blocking; raises
+        IdempotencyConflict when ``key`` named another request."""
+        with self.hold_blocking(key):
+            stored = self.lookup(key, fingerprint)
+            if stored is not None:
+                return StoredAnswer(status=stored.status, body=stored.body, replayed=True)
+            status, body = run()
+            if is_replayable(status, body):
+                self.record(key, fingerprint, status, body)
+            return StoredAnswer(status=status, body=body)
 
     def lookup(self, key: str, fingerprint: str) -> StoredAnswer | None:
         """The first answer for ``key``, None if unseen or expired; raises IdempotencyConflict on reuse."""

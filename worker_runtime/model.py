@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,6 +23,11 @@ EVENT_KINDS: frozenset[str] = frozenset(
         "worker_exited",
     }
 )
+
+
+def new_epoch() -> str:
+    """A fresh stream epoch: an opaque id naming one worker event log (a new log, a new epoch)."""
+    return uuid.uuid4().hex
 
 
 def compact_json(value: Any) -> str:
@@ -103,6 +109,9 @@ class WorkerRecord:
     updated_at: float
     reason: str | None = None
     exit_code: int | None = None
+    # The epoch of the worker's event log, made with the log and kept with it; "" in a snapshot written
+    # before epochs existed (the core gives such a log one when it opens the store).
+    epoch: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The stored snapshot form."""
@@ -117,6 +126,7 @@ class WorkerRecord:
             "updated_at": self.updated_at,
             "reason": self.reason,
             "exit_code": self.exit_code,
+            "epoch": self.epoch,
         }
 
     @classmethod
@@ -135,9 +145,12 @@ class WorkerRecord:
             updated_at=float(body["updated_at"]),
             reason=body.get("reason"),
             exit_code=body.get("exit_code"),
+            epoch=body.get("epoch") or "",
         )
         if record.status not in FINISHED_STATUSES | {"running"}:
             raise ValueError(f"unknown worker status {record.status!r}")
         if not isinstance(record.worker_id, str) or not isinstance(record.profile, str):
             raise ValueError("worker_id and profile must be strings")
+        if not isinstance(record.epoch, str):
+            raise ValueError("epoch must be a string")
         return record

@@ -41,6 +41,8 @@ from worker_runtime.store import Store
 logger = logging.getLogger(__name__)
 
 DEFAULT_PING_INTERVAL = 15.0
+# The response header naming the epoch of the worker event log a stream comes from.
+EPOCH_HEADER = "Yoi-Stream-Epoch"
 STREAM_QUEUE_BATCHES = 10_000
 BACKLOG_CHUNK_EVENTS = 512
 THREAD_TOKENS = 100
@@ -190,7 +192,7 @@ class EventStream:
         assert sub is not None
         try:
             if sub.reset_earliest_seq is not None:
-                reset = {"reason": "history_expired", "earliest_seq": sub.reset_earliest_seq}
+                reset = {"reason": sub.reset_reason, "earliest_seq": sub.reset_earliest_seq, "epoch": sub.epoch}
                 yield f"event: reset\ndata: {compact_json(reset)}\n\n".encode()
             last_seq = 0
             backlog = sub.backlog
@@ -241,11 +243,10 @@ class EventStreamResponse(StreamingResponse):
     """A streaming response that always releases its stream, even when it never got to iterate."""
 
     def __init__(self, stream: EventStream) -> None:
-        super().__init__(
-            stream.frames(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        )
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        if stream.subscription is not None and stream.subscription.epoch:
+            headers[EPOCH_HEADER] = stream.subscription.epoch
+        super().__init__(stream.frames(), media_type="text/event-stream", headers=headers)
         self._stream = stream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -312,8 +313,8 @@ class RuntimeServer:
         worker_id = request.path_params["worker_id"]
         after = _event_cursor(request)
         if request.method == "HEAD":
-            await run_in_threadpool(self.runtime.get_worker, worker_id)
-            return Response(media_type="text/event-stream")
+            worker = await run_in_threadpool(self.runtime.get_worker, worker_id)
+            return Response(media_type="text/event-stream", headers={EPOCH_HEADER: worker["epoch"]})
         stream = EventStream(
             asyncio.get_running_loop(), max_batches=self.stream_queue_batches, ping_interval=self.ping_interval
         )

@@ -58,6 +58,10 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
         409,
         "the runtime refused the command (409 if it answered 409, else 422); `upstream_code`",
     ),
+    "idempotency_key_reused": (
+        422,
+        "an `Idempotency-Key` sent again with a different request (another body, worker or command)",
+    ),
     "payload_too_large": (413, "a request body over the cap (YOI_MAX_REQUEST_BYTES), refused before it is read"),
     "unsupported_media_type": (415, "a body that is not application/json"),
     "rate_limited": (429, "a per-user limit (commands: YOI_RATE_COMMANDS; sockets; logins); `Retry-After`"),
@@ -217,6 +221,16 @@ HEADER_LOCATION = OpenApiParameter(
     description="The new worker's URL (a path under /api/v1/).",
     response=[201],
 )
+HEADER_IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    required=False,
+    pattern=r"^[\x21-\x7e]{1,255}$",
+    description="Optional: makes the command safe to retry. The same key with the same body (and route) within "
+    "24 h answers the first answer again without a second effect, also when that answer was lost; the same key "
+    "with another request is `422 idempotency_key_reused`. Keys are per user: 1-255 visible ASCII characters.",
+)
 RESPONSE_HEADERS = [HEADER_RETRY_AFTER, HEADER_WWW_AUTHENTICATE]
 
 # --- documentation-only shapes of the list routes and of cached runtime data ------------------------------------
@@ -336,6 +350,12 @@ class WorkerSchema(_RefinedSerializer):
         "updated_at": _TIMESTAMP,
         "reason": {"type": "string", "description": "Why the worker ended, when known."},
         "exit_code": {"type": "integer", "description": "Exit code of a subprocess profile, when known."},
+        "epoch": {
+            "type": "string",
+            "nullable": True,
+            "description": "The epoch of the worker's event stream: a new value under the same ids means a "
+            "new stream whose seqs say nothing about the old one's. Null when the runtime has no epochs.",
+        },
     }
 
 
@@ -501,7 +521,7 @@ OPERATIONS_RUNTIME_WORKER: dict[str, Any] = {
         "runtime_workers_create",
         "Create a worker",
         tag="workers",
-        parameters=[RUNTIME_ID, HEADER_LOCATION],
+        parameters=[RUNTIME_ID, HEADER_LOCATION, HEADER_IDEMPOTENCY_KEY],
         request=WorkerCreateInputSerializer,
         success={201: OpenApiResponse(WorkerOutputSerializer, description="The new worker.")},
         errors=COMMAND_ERRORS,
@@ -518,7 +538,7 @@ OPERATIONS_RUNTIME_WORKER: dict[str, Any] = {
         "runtime_workers_input",
         "Send input to a worker",
         tag="workers",
-        parameters=[RUNTIME_ID, WORKER_ID],
+        parameters=[RUNTIME_ID, WORKER_ID, HEADER_IDEMPOTENCY_KEY],
         request=WorkerInputInputSerializer,
         success={202: OpenApiResponse(AckOutputSerializer, description="The runtime accepted the input.")},
         errors=COMMAND_ERRORS,
@@ -527,7 +547,7 @@ OPERATIONS_RUNTIME_WORKER: dict[str, Any] = {
         "runtime_workers_stop",
         "Stop a worker gracefully (a no-op on a finished worker)",
         tag="workers",
-        parameters=[RUNTIME_ID, WORKER_ID],
+        parameters=[RUNTIME_ID, WORKER_ID, HEADER_IDEMPOTENCY_KEY],
         request=WorkerEndInputSerializer,
         success={200: OpenApiResponse(AckOutputSerializer, description="Ack with the final status.")},
         errors=COMMAND_ERRORS,
@@ -536,7 +556,7 @@ OPERATIONS_RUNTIME_WORKER: dict[str, Any] = {
         "runtime_workers_cancel",
         "Cancel a worker at once (a no-op on a finished worker)",
         tag="workers",
-        parameters=[RUNTIME_ID, WORKER_ID],
+        parameters=[RUNTIME_ID, WORKER_ID, HEADER_IDEMPOTENCY_KEY],
         request=WorkerEndInputSerializer,
         success={200: OpenApiResponse(AckOutputSerializer, description="Ack with the final status.")},
         errors=COMMAND_ERRORS,

@@ -247,6 +247,7 @@ class WorkerOutputSerializer(_OmitUnknownMixin):
     updated_at = serializers.SerializerMethodField()
     reason = serializers.CharField(allow_null=True)
     exit_code = serializers.IntegerField(allow_null=True)
+    epoch = serializers.CharField(allow_null=True)
 
     def get_created_at(self, worker: WorkerDetail) -> str | None:
         """When the runtime created the worker (ISO 8601), if it says."""

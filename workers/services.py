@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from django.contrib.auth.models import User
+from django.utils.crypto import salted_hmac
 
 from runtimes.errors import YoiError
 from runtimes.handles.base import RuntimeHandle
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_PARALLEL_LISTS = 16
 INVALID_ID = "<invalid>"
+IDEMPOTENCY_KEY_SALT = "yoi.workers.idempotency-key"
 
 
 @dataclass(frozen=True)
@@ -123,33 +125,93 @@ def worker_transcript(
     return _query(runtime_id, user, lambda handle: handle.transcript(worker_id, start=start, limit=limit))
 
 
-def worker_create(*, runtime_id: str, spec: WorkerSpec, user: RequestUser) -> WorkerDetail:
-    """Create a worker on a runtime."""
-    return _command("create", runtime_id, spec.worker_id or "", user, lambda handle: handle.create_worker(spec))
+def forwarded_idempotency_key(*, user: RequestUser, key: str | None) -> str | None:
+    """The Idempotency-Key the Backend sends a runtime for a browser's ``key``: an HMAC of the user and the key
+    under the Backend's secret, so two users' keys never meet at a runtime and the browser's own key never
+    leaves the Backend. Stable across processes and restarts (same SECRET_KEY); None without a browser key."""
+    if key is None:
+        return None
+    digest = salted_hmac(IDEMPOTENCY_KEY_SALT, f"{user.pk}\x00{key}", algorithm="sha256").hexdigest()
+    return f"yoi-{digest}"
 
 
-def worker_send_input(*, runtime_id: str, worker_id: str, content: str, kind: str, user: RequestUser) -> Ack:
-    """Send an input to a worker."""
+def worker_create(
+    *, runtime_id: str, spec: WorkerSpec, user: RequestUser, idempotency_key: str | None = None
+) -> WorkerDetail:
+    """Create a worker on a runtime (once per browser ``idempotency_key``)."""
+    key = forwarded_idempotency_key(user=user, key=idempotency_key)
+    return _command(
+        "create",
+        runtime_id,
+        spec.worker_id or "",
+        user,
+        lambda handle: handle.create_worker(spec, idempotency_key=key),
+    )
+
+
+def worker_send_input(
+    *,
+    runtime_id: str,
+    worker_id: str,
+    content: str,
+    kind: str,
+    user: RequestUser,
+    idempotency_key: str | None = None,
+) -> Ack:
+    """Send an input to a worker (once per browser ``idempotency_key``)."""
+    key = forwarded_idempotency_key(user=user, key=idempotency_key)
     return _command(
         "input",
         runtime_id,
         worker_id,
         user,
-        lambda handle: handle.send_input(worker_id, content=content, kind=kind),
+        lambda handle: handle.send_input(worker_id, content=content, kind=kind, idempotency_key=key),
     )
 
 
-def worker_stop(*, runtime_id: str, worker_id: str, reason: str | None, user: RequestUser) -> Ack:
+def _end(
+    action: str,
+    *,
+    runtime_id: str,
+    worker_id: str,
+    reason: str | None,
+    user: RequestUser,
+    idempotency_key: str | None,
+) -> Ack:
+    key = forwarded_idempotency_key(user=user, key=idempotency_key)
+
+    def operation(handle: RuntimeHandle) -> Ack:
+        end = handle.stop_worker if action == "stop" else handle.cancel_worker
+        return end(worker_id, reason=reason, idempotency_key=key)
+
+    return _command(action, runtime_id, worker_id, user, operation)
+
+
+def worker_stop(
+    *, runtime_id: str, worker_id: str, reason: str | None, user: RequestUser, idempotency_key: str | None = None
+) -> Ack:
     """Graceful end of a worker (a no-op answer when it already ended)."""
-    return _command(
-        "stop", runtime_id, worker_id, user, lambda handle: handle.stop_worker(worker_id, reason=reason)
+    return _end(
+        "stop",
+        runtime_id=runtime_id,
+        worker_id=worker_id,
+        reason=reason,
+        user=user,
+        idempotency_key=idempotency_key,
     )
 
 
-def worker_cancel(*, runtime_id: str, worker_id: str, reason: str | None, user: RequestUser) -> Ack:
+def worker_cancel(
+    *, runtime_id: str, worker_id: str, reason: str | None, user: RequestUser, idempotency_key: str | None = None
+) -> Ack:
     """Immediate end of a worker (a no-op answer when it already ended)."""
-    return _command(
-        "cancel", runtime_id, worker_id, user, lambda handle: handle.cancel_worker(worker_id, reason=reason)
+    return _end(
+        "cancel",
+        runtime_id=runtime_id,
+        worker_id=worker_id,
+        reason=reason,
+        user=user,
+        idempotency_key=idempotency_key,
     )
 
 

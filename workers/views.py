@@ -6,6 +6,7 @@ reaches a runtime. Errors are rendered by ``workers.exceptions.api_exception_han
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
@@ -66,6 +67,22 @@ def require_valid_ids(request: Request, *, runtime_id: str, worker_id: str | Non
             fields.setdefault(name, messages)
     if fields:
         raise InvalidRequest(fields=fields)
+
+
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+_IDEMPOTENCY_KEY_RE = re.compile(rf"[\x21-\x7e]{{1,{MAX_IDEMPOTENCY_KEY_CHARS}}}")
+IDEMPOTENCY_KEY_MESSAGE = f"must be 1-{MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII characters"
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The browser's ``Idempotency-Key`` header, None without one; InvalidRequest when it is malformed."""
+    value = request.headers.get(IDEMPOTENCY_KEY_HEADER)
+    if value is None:
+        return None
+    if not _IDEMPOTENCY_KEY_RE.fullmatch(value):
+        raise InvalidRequest(fields={IDEMPOTENCY_KEY_HEADER: [IDEMPOTENCY_KEY_MESSAGE]})
+    return value
 
 
 def validated(serializer_class: type[S], data: Any) -> S:
@@ -184,7 +201,8 @@ class RuntimeWorkerViewSet(ApiViewSet):
         with self.refusals_audited():
             require_valid_ids(request, runtime_id=runtime_id)
             spec = validated(WorkerCreateInputSerializer, request.data).to_spec()
-        worker = worker_create(runtime_id=runtime_id, spec=spec, user=request.user)
+            key = idempotency_key(request)
+        worker = worker_create(runtime_id=runtime_id, spec=spec, user=request.user, idempotency_key=key)
         location = reverse(
             "workers:runtime-worker-detail",
             kwargs={"runtime_id": worker.runtime_id, "worker_id": worker.worker_id},
@@ -205,12 +223,14 @@ class RuntimeWorkerViewSet(ApiViewSet):
         with self.refusals_audited():
             require_valid_ids(request, runtime_id=runtime_id, worker_id=worker_id)
             body = validated(WorkerInputInputSerializer, request.data).validated_data
+            key = idempotency_key(request)
         ack = worker_send_input(
             runtime_id=runtime_id,
             worker_id=worker_id,
             content=body["content"],
             kind=body["kind"],
             user=request.user,
+            idempotency_key=key,
         )
         return Response(AckOutputSerializer(ack).data, status=status.HTTP_202_ACCEPTED)
 
@@ -220,7 +240,10 @@ class RuntimeWorkerViewSet(ApiViewSet):
         with self.refusals_audited():
             require_valid_ids(request, runtime_id=runtime_id, worker_id=worker_id)
             reason = validated(WorkerEndInputSerializer, request.data).validated_data.get("reason")
-        ack = worker_stop(runtime_id=runtime_id, worker_id=worker_id, reason=reason, user=request.user)
+            key = idempotency_key(request)
+        ack = worker_stop(
+            runtime_id=runtime_id, worker_id=worker_id, reason=reason, user=request.user, idempotency_key=key
+        )
         return Response(AckOutputSerializer(ack).data)
 
     @action(detail=True, methods=["post"])
@@ -229,7 +252,10 @@ class RuntimeWorkerViewSet(ApiViewSet):
         with self.refusals_audited():
             require_valid_ids(request, runtime_id=runtime_id, worker_id=worker_id)
             reason = validated(WorkerEndInputSerializer, request.data).validated_data.get("reason")
-        ack = worker_cancel(runtime_id=runtime_id, worker_id=worker_id, reason=reason, user=request.user)
+            key = idempotency_key(request)
+        ack = worker_cancel(
+            runtime_id=runtime_id, worker_id=worker_id, reason=reason, user=request.user, idempotency_key=key
+        )
         return Response(AckOutputSerializer(ack).data)
 
     @action(detail=True, methods=["get"])

@@ -21,8 +21,12 @@ from runtimes.types import (
 class EventStream(Protocol):
     """A blocking iterator over one worker's events; ends when the worker has exited or on ``close()``.
 
-    Iteration raises the typed errors of ``runtimes.errors`` when the upstream fails.
+    Iteration raises the typed errors of ``runtimes.errors`` when the upstream fails. ``epoch`` names the
+    worker event log the stream comes from (None when the runtime has no epochs): a different epoch under
+    the same ids is a new stream, whose seqs say nothing about the old one's.
     """
+
+    epoch: str | None
 
     def __iter__(self) -> Iterator[WorkerEvent | StreamReset]: ...
     def close(self) -> None: ...

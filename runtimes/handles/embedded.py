@@ -14,9 +14,17 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from runtimes.errors import InvalidRequest, RuntimeRejected, RuntimeUnreachable, WorkerNotFound, YoiError
+from runtimes.errors import (
+    IdempotencyKeyReused,
+    InvalidRequest,
+    RuntimeRejected,
+    RuntimeUnreachable,
+    WorkerNotFound,
+    YoiError,
+)
 from runtimes.handles.parse import parse_ack, parse_event, parse_summary, parse_transcript, parse_worker
 from runtimes.types import (
+    RESET_HISTORY_EXPIRED,
     Ack,
     Capabilities,
     RuntimeKind,
@@ -29,7 +37,14 @@ from runtimes.types import (
 )
 from worker_runtime.config import RuntimeConfig
 from worker_runtime.core import Subscription, WorkerRuntime
-from worker_runtime.errors import RuntimeApiError, StoreError
+from worker_runtime.errors import IdempotencyConflict, RuntimeApiError, StoreError
+from worker_runtime.idempotency import (
+    IdempotencyCache,
+    StoredAnswer,
+    canonical_body,
+    parse_key,
+    request_fingerprint,
+)
 from worker_runtime.ids import ID_PATTERN, is_valid_id, path_component
 from worker_runtime.model import Event
 from worker_runtime.store import FsStore
@@ -48,6 +63,7 @@ class EmbeddedEventStream:
         self._queue: queue.SimpleQueue[Sequence[Event] | None] = queue.SimpleQueue()
         self._closed = threading.Event()
         self._subscription: Subscription = core.subscribe(worker_id, after=after, listener=self._queue.put)
+        self.epoch: str | None = self._subscription.epoch or None
 
     def __repr__(self) -> str:
         return f"EmbeddedEventStream(runtime_id={self.runtime_id!r}, worker_id={self.worker_id!r})"
@@ -56,7 +72,11 @@ class EmbeddedEventStream:
         subscription = self._subscription
         try:
             if subscription.reset_earliest_seq is not None:
-                yield StreamReset(reason="history_expired", earliest_seq=subscription.reset_earliest_seq)
+                yield StreamReset(
+                    reason=subscription.reset_reason or RESET_HISTORY_EXPIRED,
+                    earliest_seq=subscription.reset_earliest_seq,
+                    epoch=self.epoch,
+                )
             batch: Sequence[Event] | None = subscription.backlog
             while batch is not None and not self._closed.is_set():
                 for event in batch:
@@ -91,6 +111,7 @@ class EmbeddedRuntimeHandle:
         self._config = config or RuntimeConfig(display_name=f"Embedded runtime {runtime_id}")
         self._lock = threading.Lock()
         self._core: WorkerRuntime | None = None
+        self._idempotency: IdempotencyCache | None = None
 
     def __repr__(self) -> str:
         return f"EmbeddedRuntimeHandle(runtime_id={self.runtime_id!r})"
@@ -98,15 +119,17 @@ class EmbeddedRuntimeHandle:
     def _runtime(self) -> WorkerRuntime:
         with self._lock:
             if self._core is None:
-                core = WorkerRuntime(
-                    runtime_id=self.runtime_id, store=FsStore(self._store_dir), config=self._config
-                )
+                store = FsStore(self._store_dir)
+                core = WorkerRuntime(runtime_id=self.runtime_id, store=store, config=self._config)
                 try:
                     core.open()
+                    # The answered commands kept in the store, as the runtime server keeps them.
+                    self._idempotency = IdempotencyCache(store, core.idempotency_entries)
                 except (StoreError, OSError) as exc:
                     # A failure after the lock was taken must not leave the store locked by a core nobody holds.
                     core.close()
                     raise self._store_unavailable() from exc
+                core.idempotency_entries = []
                 self._core = core
             return self._core
 
@@ -135,6 +158,8 @@ class EmbeddedRuntimeHandle:
         """The embedded twin of the remote status mapping: the runtime's own codes, typed the same way."""
         if exc.code == "worker_not_found":
             return WorkerNotFound(runtime_id=self.runtime_id, worker_id=worker_id)
+        if exc.code == IdempotencyConflict.code:
+            return IdempotencyKeyReused(runtime_id=self.runtime_id, worker_id=worker_id)
         return RuntimeRejected(
             upstream_code=exc.code,
             upstream_status=exc.status,
@@ -158,25 +183,89 @@ class EmbeddedRuntimeHandle:
         return parse_worker(body, runtime_id=self.runtime_id, worker_id=worker_id)
 
     def create_worker(self, spec: WorkerSpec, *, idempotency_key: str | None = None) -> WorkerDetail:
-        body = self._call(lambda core: core.create_worker(spec.to_protocol()), worker_id=spec.worker_id)
+        request = spec.to_protocol()
+        body = self._command(
+            "/v1/workers",
+            request,
+            lambda core: core.create_worker(request),
+            envelope=("worker", 201),
+            idempotency_key=idempotency_key,
+            worker_id=spec.worker_id,
+        )
         return parse_worker(body, runtime_id=self.runtime_id, worker_id=spec.worker_id)
 
     def send_input(
         self, worker_id: str, *, content: str, kind: str = "user", idempotency_key: str | None = None
     ) -> Ack:
         request: dict[str, Any] = {"kind": kind, "content": content}
-        body = self._call(lambda core: core.send_input(worker_id, request), worker_id=worker_id)
+        body = self._command(
+            f"/v1/workers/{worker_id}/input",
+            request,
+            lambda core: core.send_input(worker_id, request),
+            idempotency_key=idempotency_key,
+            worker_id=worker_id,
+        )
         return parse_ack(body, runtime_id=self.runtime_id, worker_id=worker_id)
 
     def stop_worker(self, worker_id: str, *, reason: str | None = None, idempotency_key: str | None = None) -> Ack:
-        body = self._call(lambda core: core.stop_worker(worker_id, reason=reason), worker_id=worker_id)
-        return parse_ack(body, runtime_id=self.runtime_id, worker_id=worker_id)
+        return self._end("stop", worker_id, reason=reason, idempotency_key=idempotency_key)
 
     def cancel_worker(
         self, worker_id: str, *, reason: str | None = None, idempotency_key: str | None = None
     ) -> Ack:
-        body = self._call(lambda core: core.cancel_worker(worker_id, reason=reason), worker_id=worker_id)
+        return self._end("cancel", worker_id, reason=reason, idempotency_key=idempotency_key)
+
+    def _end(self, action: str, worker_id: str, *, reason: str | None, idempotency_key: str | None) -> Ack:
+        def operation(core: WorkerRuntime) -> dict[str, Any]:
+            end = core.stop_worker if action == "stop" else core.cancel_worker
+            return end(worker_id, reason=reason)
+
+        body = self._command(
+            f"/v1/workers/{worker_id}/{action}",
+            {} if reason is None else {"reason": reason},
+            operation,
+            idempotency_key=idempotency_key,
+            worker_id=worker_id,
+        )
         return parse_ack(body, runtime_id=self.runtime_id, worker_id=worker_id)
+
+    def _command(
+        self,
+        path: str,
+        request: dict[str, Any],
+        operation: Callable[[WorkerRuntime], dict[str, Any]],
+        *,
+        idempotency_key: str | None,
+        worker_id: str | None,
+        envelope: tuple[str, int] = ("ack", 200),
+    ) -> dict[str, Any]:
+        """Run a command, once per Idempotency-Key as the runtime server does: the same key and request
+        (path + body, fingerprinted alike) get the first answer again, kept in the store's idempotency log."""
+        if idempotency_key is None:
+            return self._call(operation, worker_id=worker_id)
+        name, success = envelope
+        body = canonical_body(request, b"", parsed_ok=True)
+        fingerprint = request_fingerprint(method="POST", path=path, body=body)
+
+        def once(core: WorkerRuntime) -> StoredAnswer:
+            key = parse_key(idempotency_key)
+            assert key is not None and self._idempotency is not None
+
+            def run() -> tuple[int, dict[str, Any]]:
+                try:
+                    return success, {name: operation(core)}
+                except RuntimeApiError as exc:
+                    return exc.status, exc.to_json()
+
+            return self._idempotency.answer_once(key, fingerprint, run)
+
+        answer = self._call(once, worker_id=worker_id)
+        if 200 <= answer.status < 300:
+            result: dict[str, Any] = answer.body[name]
+            return result
+        error = answer.body.get("error") or {}
+        replayed = RuntimeApiError(str(error.get("message", "")), code=error.get("code"), status=answer.status)
+        raise self._translate(replayed, worker_id)
 
     def transcript(self, worker_id: str, *, start: int, limit: int) -> TranscriptPage:
         body = self._call(lambda core: core.transcript(worker_id, start=start, limit=limit), worker_id=worker_id)

@@ -1,17 +1,31 @@
 """Protocol JSON -> the frozen dataclasses of ``runtimes.types``; shared by the remote and embedded handles.
 
-Pure functions. Every shape mismatch becomes one ``RuntimeBadResponse`` naming only ids; what was wrong
-goes to the log (field names only, never values). Fields a runtime leaves out that the protocol marks
-optional (older runtimes) become ``None``, never an error.
+Pure functions, tolerant at the edge (docs/runtime-protocol.md, *Tolerant fields*): only what the Backend
+cannot do without is fatal, and becomes one ``RuntimeBadResponse`` naming only ids — an event's ``seq`` and
+``worker_id``, the identity and status of a runtime, worker or ack, a transcript item's sequence, role and
+content. An optional field of an unexpected type is normalised (numbers sent as strings, ``ts`` as an
+RFC 3339 string) or dropped to ``None``; either way one log line names the field and the runtime (never a
+value), at most once a minute per runtime and field. Fields older runtimes leave out become ``None``;
+keys nobody knows are ignored (an event's ``data`` object is kept whole, whatever it holds).
+
+The per-field normalisers (``int_from``, ``seconds_from``, ``epoch_from``, ...) are small module functions
+so each rule can be read, tested and changed on its own. ``parse_event`` is the hot path: a well-typed
+event is checked with exact type tests only and never reaches a normaliser.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import re
+import threading
+import time
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from runtimes.errors import RuntimeBadResponse, scrub
 from runtimes.types import (
+    RESET_HISTORY_EXPIRED,
     Ack,
     Capabilities,
     ProfileInfo,
@@ -27,6 +41,18 @@ from runtimes.types import (
 logger = logging.getLogger(__name__)
 
 RESET_EVENT = "reset"
+# The SSE default event type: what an event is called when neither its ``event:`` line nor its data names it.
+DEFAULT_EVENT_KIND = "message"
+# An epoch is opaque but travels to browsers (frames, worker JSON, a query parameter): a short token.
+EPOCH_RE = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
+_INT_TEXT_RE = re.compile(r"[+-]?[0-9]{1,19}")
+_NUMBER_TEXT_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# One "normalised" log line per runtime and field per interval: a stream of bad events must not flood the log.
+NOTE_INTERVAL_SECONDS = 60.0
+MAX_NOTED_FIELDS = 4096
+
+
+# --------------------------------------------------------------------------------------------- log lines
 
 
 def _bad(runtime_id: str, what: str, *, worker_id: str | None = None, message: str | None = None) -> NoReturn:
@@ -36,8 +62,120 @@ def _bad(runtime_id: str, what: str, *, worker_id: str | None = None, message: s
     raise RuntimeBadResponse(runtime_id=runtime_id, worker_id=worker_id, message=message)
 
 
+class _FieldNotes:
+    """Rate limit of the "field normalised" log line: the first per (runtime_id, field), then one an interval,
+    each saying how many were not logged since. Thread-safe; bounded (forgets everything past the cap)."""
+
+    def __init__(self, interval: float = NOTE_INTERVAL_SECONDS, max_keys: int = MAX_NOTED_FIELDS) -> None:
+        self.interval = interval
+        self.max_keys = max_keys
+        self._lock = threading.Lock()
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def note(self, runtime_id: str, field: str, action: str, *, worker_id: str | None = None) -> None:
+        """Record that ``field`` of ``runtime_id``'s answer was ``action`` ("converted" or "dropped")."""
+        now = time.monotonic()
+        key = (runtime_id, field)
+        with self._lock:
+            last, suppressed = self._last.get(key, (-math.inf, 0))
+            if now - last < self.interval:
+                self._last[key] = (last, suppressed + 1)
+                return
+            if len(self._last) >= self.max_keys:
+                self._last.clear()
+            self._last[key] = (now, 0)
+        logger.warning(
+            "runtimes.parse.field_normalised",
+            extra={
+                "runtime_id": runtime_id,
+                "worker_id": worker_id,
+                "field": field,
+                "action": action,
+                "suppressed": suppressed,
+            },
+        )
+
+    def reset(self) -> None:
+        """Forget every note (tests)."""
+        with self._lock:
+            self._last.clear()
+
+
+field_notes = _FieldNotes()
+
+
+# --------------------------------------------------------------------------------------------- normalisers
+
+
+def int_from(value: Any) -> int | None:
+    """An integer sent as something else: a decimal string (``"12"``) or an integral float (``12.0``);
+    None when it is not one (booleans are not numbers)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str):
+        text = value.strip()
+        return int(text) if _INT_TEXT_RE.fullmatch(text) else None
+    return None
+
+
+def seconds_from(value: Any) -> float | None:
+    """A timestamp as Unix seconds: a finite number, a number sent as a string, or an RFC 3339 / ISO 8601
+    string (UTC when it has no offset); None when it is none of these."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        seconds = float(value)
+        return seconds if math.isfinite(seconds) else None
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if _NUMBER_TEXT_RE.fullmatch(text):
+        seconds = float(text)
+        return seconds if math.isfinite(seconds) else None
+    try:
+        moment = datetime.fromisoformat(text.upper())
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def epoch_from(value: Any) -> str | None:
+    """A stream epoch: an opaque short token (``EPOCH_RE``); None when absent or not one."""
+    if isinstance(value, str) and EPOCH_RE.fullmatch(value):
+        return value
+    return None
+
+
+def event_id_from(value: Any) -> int | str | None:
+    """An event id (the protocol allows an integer or a string); None when it is neither."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | str):
+        return value
+    return None
+
+
+def payload_from(value: Any) -> dict[str, Any]:
+    """An event's ``data`` that is not an object: nothing becomes ``{}``, anything else ``{"value": ...}``
+    (the same rule as a subprocess agent's events)."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    return {"value": value}
+
+
+# --------------------------------------------------------------------------------------------- objects
+
+
 class _Reader:
-    """Typed field access on one JSON object; any mismatch raises RuntimeBadResponse."""
+    """Field access on one JSON object: strict for what the Backend needs, tolerant for the rest."""
 
     def __init__(self, body: Any, *, runtime_id: str, worker_id: str | None, what: str) -> None:
         self.runtime_id = runtime_id
@@ -47,8 +185,16 @@ class _Reader:
             self.bad(what)
         self.body: dict[str, Any] = body
 
-    def bad(self, field: str) -> NoReturn:
-        _bad(self.runtime_id, f"{self.what}.{field}" if field != self.what else field, worker_id=self.worker_id)
+    def _field(self, key: str) -> str:
+        return f"{self.what}.{key}" if key != self.what else key
+
+    def bad(self, key: str) -> NoReturn:
+        _bad(self.runtime_id, self._field(key), worker_id=self.worker_id)
+
+    def note(self, key: str, action: str) -> None:
+        field_notes.note(self.runtime_id, self._field(key), action, worker_id=self.worker_id)
+
+    # ---- required: a mismatch is fatal
 
     def get_str(self, key: str) -> str:
         value = self.body.get(key)
@@ -56,7 +202,8 @@ class _Reader:
             self.bad(key)
         return value
 
-    def get_opt_str(self, key: str) -> str | None:
+    def get_ident(self, key: str) -> str | None:
+        """An identity field (runtime_id, worker_id): absent is fine, any other type is fatal."""
         value = self.body.get(key)
         if value is not None and not isinstance(value, str):
             self.bad(key)
@@ -64,45 +211,68 @@ class _Reader:
 
     def get_int(self, key: str) -> int:
         value = self.body.get(key)
-        if not isinstance(value, int) or isinstance(value, bool):
+        if type(value) is int:
+            return value
+        converted = int_from(value)
+        if converted is None:
             self.bad(key)
-        return value
-
-    def get_opt_int(self, key: str) -> int | None:
-        value = self.body.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, int) or isinstance(value, bool):
-            self.bad(key)
-        return value
-
-    def get_opt_float(self, key: str) -> float | None:
-        value = self.body.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            self.bad(key)
-        return float(value)
-
-    def get_opt_event_id(self, key: str) -> int | str | None:
-        value = self.body.get(key)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            self.bad(key)
-        return value
-
-    def get_opt_dict(self, key: str) -> dict[str, Any] | None:
-        value = self.body.get(key)
-        if value is not None and not isinstance(value, dict):
-            self.bad(key)
-        return value
+        self.note(key, "converted")
+        return converted
 
     def get_list(self, key: str) -> list[Any]:
         value = self.body.get(key)
         if not isinstance(value, list):
             self.bad(key)
         return value
+
+    # ---- optional: normalised or dropped, with a (rate-limited) log line
+
+    def _optional(self, key: str, converted: Any) -> Any:
+        self.note(key, "dropped" if converted is None else "converted")
+        return converted
+
+    def opt_str(self, key: str) -> str | None:
+        value = self.body.get(key)
+        if value is None or isinstance(value, str):
+            return value
+        return self._optional(key, None)
+
+    def opt_int(self, key: str) -> int | None:
+        value = self.body.get(key)
+        if value is None or type(value) is int:
+            return value
+        return self._optional(key, int_from(value))
+
+    def opt_seconds(self, key: str) -> float | None:
+        value = self.body.get(key)
+        if value is None:
+            return None
+        if type(value) is float and math.isfinite(value):
+            return value
+        if type(value) is int:
+            return float(value)
+        return self._optional(key, seconds_from(value))
+
+    def opt_event_id(self, key: str) -> int | str | None:
+        value = self.body.get(key)
+        if value is None or type(value) is int or type(value) is str:
+            return value
+        return self._optional(key, event_id_from(value))
+
+    def opt_dict(self, key: str) -> dict[str, Any] | None:
+        value = self.body.get(key)
+        if value is None or isinstance(value, dict):
+            return value
+        return self._optional(key, None)
+
+    def opt_epoch(self, key: str = "epoch") -> str | None:
+        value = self.body.get(key)
+        if value is None:
+            return None
+        epoch = epoch_from(value)
+        if epoch is None:
+            self.note(key, "dropped")
+        return epoch
 
 
 def unwrap(body: Any, key: str, *, runtime_id: str, worker_id: str | None = None) -> Any:
@@ -114,17 +284,19 @@ def unwrap(body: Any, key: str, *, runtime_id: str, worker_id: str | None = None
 
 def _check_ref(reader: _Reader, *, worker_id: str | None) -> str:
     """The worker_id a body names (``worker_ref`` or a top-level ``worker_id``), checked against the asked ids."""
-    ref = reader.get_opt_dict("worker_ref")
+    ref = reader.body.get("worker_ref")
+    if ref is not None and not isinstance(ref, dict):
+        reader.bad("worker_ref")
     ref_reader = (
         _Reader(ref, runtime_id=reader.runtime_id, worker_id=worker_id, what="worker_ref") if ref else None
     )
-    reported_runtime = ref_reader.get_opt_str("runtime_id") if ref_reader else None
-    top_runtime = reader.get_opt_str("runtime_id")
+    reported_runtime = ref_reader.get_ident("runtime_id") if ref_reader else None
+    top_runtime = reader.get_ident("runtime_id")
     for value in (reported_runtime, top_runtime):
         if value is not None and value != reader.runtime_id:
             _bad(reader.runtime_id, f"{reader.what}.runtime_id", worker_id=worker_id)
-    reported_worker = ref_reader.get_opt_str("worker_id") if ref_reader else None
-    top_worker = reader.get_opt_str("worker_id")
+    reported_worker = ref_reader.get_ident("worker_id") if ref_reader else None
+    top_worker = reader.get_ident("worker_id")
     if reported_worker is not None and top_worker is not None and reported_worker != top_worker:
         _bad(reader.runtime_id, f"{reader.what}.worker_id", worker_id=worker_id)
     found = reported_worker if reported_worker is not None else top_worker
@@ -154,37 +326,55 @@ def parse_summary(body: Any, *, runtime_id: str) -> RuntimeSummary:
         )
     return RuntimeSummary(
         runtime_id=runtime_id,
-        display_name=r.get_opt_str("display_name") or runtime_id,
+        display_name=r.opt_str("display_name") or runtime_id,
         status=r.get_str("status"),
-        worker_count=r.get_opt_int("worker_count"),
-        active_worker_count=r.get_opt_int("active_worker_count"),
-        stopped_worker_count=r.get_opt_int("stopped_worker_count"),
-        cancelled_worker_count=r.get_opt_int("cancelled_worker_count"),
-        event_streams_open=r.get_opt_int("event_streams_open"),
+        worker_count=r.opt_int("worker_count"),
+        active_worker_count=r.opt_int("active_worker_count"),
+        stopped_worker_count=r.opt_int("stopped_worker_count"),
+        cancelled_worker_count=r.opt_int("cancelled_worker_count"),
+        event_streams_open=r.opt_int("event_streams_open"),
         capabilities=_capabilities(r),
     )
 
 
-def _capabilities(r: _Reader) -> Capabilities:
-    limits_body = r.get_opt_dict("limits")
-    limits = _Reader(limits_body or {}, runtime_id=r.runtime_id, worker_id=None, what="limits")
-    profiles: tuple[ProfileInfo, ...] | None = None
-    if r.body.get("profiles") is not None:
-        items = []
-        for item in r.get_list("profiles"):
-            p = _Reader(item, runtime_id=r.runtime_id, worker_id=None, what="profiles[]")
-            items.append(ProfileInfo(name=p.get_str("name"), description=p.get_opt_str("description") or ""))
-        profiles = tuple(items)
+def _profiles(r: _Reader) -> tuple[ProfileInfo, ...] | None:
+    """The profiles a summary lists; a malformed entry is dropped, a malformed list is unknown."""
+    raw = r.body.get("profiles")
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        r.note("profiles", "dropped")
+        return None
+    items = []
+    for item in raw:
+        name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(name, str) or not name:
+            r.note("profiles[].name", "dropped")
+            continue
+        p = _Reader(item, runtime_id=r.runtime_id, worker_id=None, what="profiles[]")
+        items.append(ProfileInfo(name=name, description=p.opt_str("description") or ""))
+    return tuple(items)
+
+
+def _protocol_version(r: _Reader) -> str | None:
     version = r.body.get("protocol_version")
-    if version is not None and (isinstance(version, bool) or not isinstance(version, str | int)):
-        r.bad("protocol_version")
+    if version is None or isinstance(version, str):
+        return version
+    if isinstance(version, int | float) and not isinstance(version, bool):
+        return str(version)
+    r.note("protocol_version", "dropped")
+    return None
+
+
+def _capabilities(r: _Reader) -> Capabilities:
+    limits = _Reader(r.opt_dict("limits") or {}, runtime_id=r.runtime_id, worker_id=None, what="limits")
     return Capabilities(
-        protocol_version=None if version is None else str(version),
-        backend=r.get_opt_str("backend"),
-        profiles=profiles,
-        default_profile=r.get_opt_str("default_profile"),
-        max_transcript_items=limits.get_opt_int("max_transcript_projection_items"),
-        max_input_bytes=limits.get_opt_int("max_input_bytes"),
+        protocol_version=_protocol_version(r),
+        backend=r.opt_str("backend"),
+        profiles=_profiles(r),
+        default_profile=r.opt_str("default_profile"),
+        max_transcript_items=limits.opt_int("max_transcript_projection_items"),
+        max_input_bytes=limits.opt_int("max_input_bytes"),
     )
 
 
@@ -194,8 +384,9 @@ def _profile_name(r: _Reader) -> str | None:
         return value
     if isinstance(value, dict):  # a selector {"kind", "value"?}
         selector = _Reader(value, runtime_id=r.runtime_id, worker_id=r.worker_id, what="profile")
-        return selector.get_opt_str("value") or selector.get_opt_str("kind")
-    r.bad("profile")
+        return selector.opt_str("value") or selector.opt_str("kind")
+    r.note("profile", "dropped")
+    return None
 
 
 def parse_worker(body: Any, *, runtime_id: str, worker_id: str | None = None) -> WorkerDetail:
@@ -208,13 +399,14 @@ def parse_worker(body: Any, *, runtime_id: str, worker_id: str | None = None) ->
         worker_id=found,
         status=r.get_str("status"),
         profile=_profile_name(r),
-        intent=dict(r.get_opt_dict("intent") or {}),
-        transcript_len=r.get_opt_int("transcript_len"),
-        last_seq=r.get_opt_int("last_seq"),
-        created_at=r.get_opt_float("created_at"),
-        updated_at=r.get_opt_float("updated_at"),
-        reason=r.get_opt_str("reason"),
-        exit_code=r.get_opt_int("exit_code"),
+        intent=dict(r.opt_dict("intent") or {}),
+        transcript_len=r.opt_int("transcript_len"),
+        last_seq=r.opt_int("last_seq"),
+        created_at=r.opt_seconds("created_at"),
+        updated_at=r.opt_seconds("updated_at"),
+        reason=r.opt_str("reason"),
+        exit_code=r.opt_int("exit_code"),
+        epoch=r.opt_epoch(),
     )
 
 
@@ -233,8 +425,8 @@ def parse_ack(body: Any, *, runtime_id: str, worker_id: str) -> Ack:
         runtime_id=runtime_id,
         worker_id=worker_id,
         status=r.get_str("status"),
-        transcript_sequence=r.get_opt_int("transcript_sequence"),
-        event_id=r.get_opt_event_id("event_id"),
+        transcript_sequence=r.opt_int("transcript_sequence"),
+        event_id=r.opt_event_id("event_id"),
     )
 
 
@@ -250,7 +442,7 @@ def parse_transcript(body: Any, *, runtime_id: str, worker_id: str) -> Transcrip
                 sequence=item.get_int("sequence"),
                 role=item.get_str("role"),
                 content=item.get_str("content"),
-                event_id=item.get_opt_event_id("event_id"),
+                event_id=item.opt_event_id("event_id"),
             )
         )
     return TranscriptPage(
@@ -260,45 +452,96 @@ def parse_transcript(body: Any, *, runtime_id: str, worker_id: str) -> Transcrip
         limit=r.get_int("limit"),
         total_items=r.get_int("total_items"),
         items=tuple(items),
-        next_start=r.get_opt_int("next_start"),
+        next_start=r.opt_int("next_start"),
     )
 
 
-def _seq(value: Any) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool):
+# --------------------------------------------------------------------------------------------- events
+
+
+def parse_stream_epoch(value: str | None, *, runtime_id: str, worker_id: str) -> str | None:
+    """The epoch of an event stream (the ``Yoi-Stream-Epoch`` header); None without one or when malformed."""
+    if value is None:
+        return None
+    epoch = epoch_from(value)
+    if epoch is None:
+        field_notes.note(runtime_id, "stream.epoch", "dropped", worker_id=worker_id)
+    return epoch
+
+
+def parse_reset(data: dict[str, Any], *, runtime_id: str, worker_id: str) -> StreamReset:
+    """An ``event: reset``: the stream goes on from ``earliest_seq`` (required), for ``reason``."""
+    r = _Reader(data, runtime_id=runtime_id, worker_id=worker_id, what="reset")
+    earliest = r.get_int("earliest_seq")
+    if earliest < 1:
+        r.bad("earliest_seq")
+    return StreamReset(
+        reason=r.opt_str("reason") or RESET_HISTORY_EXPIRED, earliest_seq=earliest, epoch=r.opt_epoch()
+    )
+
+
+def _event_seq(value: Any, *, runtime_id: str, worker_id: str) -> int:
+    """An event's seq that is not a plain int: a number sent as a string is taken, anything else is fatal."""
+    seq = int_from(value)
+    if seq is None or seq < 1:
+        _bad(runtime_id, "event.seq", worker_id=worker_id)
+    if type(value) is not int:
+        field_notes.note(runtime_id, "event.seq", "converted", worker_id=worker_id)
+    return seq
+
+
+def _event_kind(value: Any, event_name: str, *, runtime_id: str, worker_id: str) -> str:
+    """An event's kind when its data does not name it as its ``event:`` line does: the data's name if it is
+    a string (the payload is the authority), else the ``event:`` line's, else the SSE default."""
+    if isinstance(value, str) and value:
+        if event_name not in ("", DEFAULT_EVENT_KIND):
+            field_notes.note(runtime_id, "event.event", "converted", worker_id=worker_id)
         return value
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        return int(value)
-    return None
+    if value is not None:
+        field_notes.note(runtime_id, "event.event", "dropped", worker_id=worker_id)
+    return event_name or DEFAULT_EVENT_KIND
+
+
+def _event_payload(value: Any, *, runtime_id: str, worker_id: str) -> dict[str, Any]:
+    if value is not None:
+        field_notes.note(runtime_id, "event.data", "converted", worker_id=worker_id)
+    return payload_from(value)
+
+
+def _event_ts(value: Any, *, runtime_id: str, worker_id: str) -> float | None:
+    if type(value) is int:
+        return float(value)
+    seconds = seconds_from(value)
+    field_notes.note(runtime_id, "event.ts", "dropped" if seconds is None else "converted", worker_id=worker_id)
+    return seconds
 
 
 def parse_event(event_name: str, data: Any, *, runtime_id: str, worker_id: str) -> WorkerEvent | StreamReset:
-    """One SSE event (its ``event:`` name and ``data:`` object) of ``worker_id``'s stream."""
-    r = _Reader(data, runtime_id=runtime_id, worker_id=worker_id, what="event")
+    """One SSE event (its ``event:`` name and ``data:`` object) of ``worker_id``'s stream.
+
+    Fatal only: data that is not an object, a ``seq`` that is missing or not an integer ≥ 1, a ``worker_id``
+    naming another worker. Everything else is normalised (see the module docstring).
+    """
+    if type(data) is not dict:
+        _bad(runtime_id, "event", worker_id=worker_id)
     if event_name == RESET_EVENT:
-        earliest = _seq(r.body.get("earliest_seq"))
-        if earliest is None or earliest < 1:
-            r.bad("earliest_seq")
-        return StreamReset(reason=r.get_opt_str("reason") or "history_expired", earliest_seq=earliest)
-    seq = _seq(r.body.get("seq"))
-    if seq is None or seq < 1:
-        r.bad("seq")
-    reported_worker = r.get_opt_str("worker_id")
-    if reported_worker is not None and reported_worker != worker_id:
-        r.bad("worker_id")
-    kind = r.get_opt_str("event")
-    if kind is None:
-        if not event_name or event_name == "message":
-            r.bad("event")
-        kind = event_name
-    elif event_name not in ("", "message", kind):
-        r.bad("event")
-    payload = r.get_opt_dict("data")
-    return WorkerEvent(
-        runtime_id=runtime_id,
-        worker_id=worker_id,
-        seq=seq,
-        event=kind,
-        data=dict(payload) if payload is not None else {},
-        ts=r.get_opt_float("ts"),
-    )
+        return parse_reset(data, runtime_id=runtime_id, worker_id=worker_id)
+    seq = data.get("seq")
+    if type(seq) is not int or seq < 1:
+        seq = _event_seq(seq, runtime_id=runtime_id, worker_id=worker_id)
+    reported = data.get("worker_id")
+    if reported != worker_id and reported is not None:
+        _bad(runtime_id, "event.worker_id", worker_id=worker_id)
+    kind = data.get("event")
+    if type(kind) is not str or not kind or (kind != event_name and event_name not in ("", DEFAULT_EVENT_KIND)):
+        kind = _event_kind(kind, event_name, runtime_id=runtime_id, worker_id=worker_id)
+    payload = data.get("data")
+    if type(payload) is dict:
+        payload = dict(payload)
+    else:
+        payload = _event_payload(payload, runtime_id=runtime_id, worker_id=worker_id)
+    ts = data.get("ts")
+    # ts - ts is 0.0 for every finite float (NaN and infinities give NaN): browsers get a number or null.
+    if ts is not None and (type(ts) is not float or ts - ts != 0.0):
+        ts = _event_ts(ts, runtime_id=runtime_id, worker_id=worker_id)
+    return WorkerEvent(runtime_id=runtime_id, worker_id=worker_id, seq=seq, event=kind, data=payload, ts=ts)

@@ -21,6 +21,7 @@ from runtimes.errors import TRANSPORT_FAILURES, RuntimeUnreachable
 from runtimes.handles.parse import (
     parse_ack,
     parse_event,
+    parse_stream_epoch,
     parse_summary,
     parse_transcript,
     parse_worker,
@@ -51,6 +52,7 @@ class RemoteEventStream:
         self.runtime_id = runtime_id
         self.worker_id = worker_id
         self._stream = stream
+        self.epoch = parse_stream_epoch(stream.epoch_header, runtime_id=runtime_id, worker_id=worker_id)
 
     def __repr__(self) -> str:
         return f"RemoteEventStream(runtime_id={self.runtime_id!r}, worker_id={self.worker_id!r})"

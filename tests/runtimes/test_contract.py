@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from runtimes.client import RemoteRuntimeClient
-from runtimes.errors import InvalidRequest, RuntimeRejected, WorkerNotFound
+from runtimes.errors import IdempotencyKeyReused, InvalidRequest, RuntimeRejected, WorkerNotFound
 from runtimes.handles.base import RuntimeHandle
 from runtimes.handles.embedded import EmbeddedRuntimeHandle
 from runtimes.handles.remote import RemoteRuntimeHandle
@@ -173,3 +173,90 @@ def test_events_resume_after_a_cursor_exactly(handle: RuntimeHandle) -> None:
     assert rest[0].seq == first[-1].seq + 1
     assert [e.seq for e in first + rest] == list(range(1, len(first) + len(rest) + 1))
     assert rest[-1].data["text"] == "echo: two"
+
+
+def test_every_worker_stream_has_an_epoch_in_its_detail_and_on_its_stream(handle: RuntimeHandle) -> None:
+    one = handle.create_worker(WorkerSpec(worker_id="w-e1"))
+    two = handle.create_worker(WorkerSpec(worker_id="w-e2"))
+    assert one.epoch and two.epoch and one.epoch != two.epoch
+    assert handle.get_worker("w-e1").epoch == one.epoch
+    assert {w.worker_id: w.epoch for w in handle.list_workers()} == {"w-e1": one.epoch, "w-e2": two.epoch}
+    stream = handle.open_events("w-e1", after=0)
+    try:
+        assert stream.epoch == one.epoch
+    finally:
+        stream.close()
+
+
+def test_a_cursor_past_the_end_is_a_cursor_ahead_reset_then_the_whole_log(handle: RuntimeHandle) -> None:
+    worker = handle.create_worker(WorkerSpec(worker_id="w-ahead", initial_input="hi"))
+    log = collect_events(handle, "w-ahead", after=0, until="text_done")
+    stream = handle.open_events("w-ahead", after=log[-1].seq + 40)
+    watchdog = threading.Timer(STREAM_TIMEOUT, stream.close)
+    watchdog.start()
+    items: list[WorkerEvent | StreamReset] = []
+    try:
+        for item in stream:
+            items.append(item)
+            if len(items) == len(log) + 1:
+                break
+    finally:
+        watchdog.cancel()
+        stream.close()
+    assert items[0] == StreamReset(reason="cursor_ahead", earliest_seq=1, epoch=worker.epoch)
+    assert [e.seq for e in items[1:] if isinstance(e, WorkerEvent)] == [e.seq for e in log]
+
+
+def test_one_idempotency_key_is_one_effect_and_one_answer(handle: RuntimeHandle) -> None:
+    first = handle.create_worker(WorkerSpec(profile="builtin:echo"), idempotency_key="create-k")
+    assert handle.create_worker(WorkerSpec(profile="builtin:echo"), idempotency_key="create-k") == first
+    assert [w.worker_id for w in handle.list_workers()] == [first.worker_id]
+    wid = first.worker_id
+    ack = handle.send_input(wid, content="once", idempotency_key="input-k")
+    assert handle.send_input(wid, content="once", idempotency_key="input-k") == ack
+    with pytest.raises(IdempotencyKeyReused) as caught:
+        handle.send_input(wid, content="other", idempotency_key="input-k")
+    assert (caught.value.code, caught.value.http_status) == ("idempotency_key_reused", 422)
+    with pytest.raises(IdempotencyKeyReused):
+        handle.stop_worker(wid, idempotency_key="input-k")  # another command under the same key
+    collect_events(handle, wid, after=0, until="text_done")
+    page = handle.transcript(wid, start=0, limit=10)
+    assert [(i.role, i.content) for i in page.items] == [("user", "once"), ("assistant", "echo: once")]
+    stopped = handle.stop_worker(wid, reason="bye", idempotency_key="stop-k")
+    assert handle.stop_worker(wid, reason="bye", idempotency_key="stop-k") == stopped
+
+
+def test_concurrent_commands_with_one_key_take_effect_once(handle: RuntimeHandle) -> None:
+    wid = handle.create_worker(WorkerSpec(profile="builtin:echo")).worker_id
+    acks: list[object] = []
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            acks.append(handle.send_input(wid, content="racing", idempotency_key="race-k"))
+        except BaseException as exc:  # reported below: a thread must not swallow it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(STREAM_TIMEOUT)
+    assert errors == [] and len(acks) == 8
+    assert all(ack == acks[0] for ack in acks)
+    assert handle.get_worker(wid).transcript_len in (1, 2)  # one input (and maybe its answer already)
+    assert [i.content for i in handle.transcript(wid, start=0, limit=10).items if i.role == "user"] == ["racing"]
+
+
+def test_the_embedded_runtime_keeps_answered_keys_across_a_restart(tmp_path: Path) -> None:
+    first = EmbeddedRuntimeHandle(RUNTIME_ID, data_dir=tmp_path)
+    wid = first.create_worker(WorkerSpec(profile="builtin:echo")).worker_id
+    ack = first.send_input(wid, content="durable", idempotency_key="k-durable")
+    first.close()
+    again = EmbeddedRuntimeHandle(RUNTIME_ID, data_dir=tmp_path)
+    try:
+        assert again.send_input(wid, content="durable", idempotency_key="k-durable") == ack
+        users = [i.content for i in again.transcript(wid, start=0, limit=10).items if i.role == "user"]
+        assert users == ["durable"]
+    finally:
+        again.close()

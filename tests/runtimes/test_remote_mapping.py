@@ -294,7 +294,7 @@ def test_remote_missing_route_maps_to_runtime_unsupported(
     [
         pytest.param(400, "error_invalid_request.json", "create", "invalid_request", 422, id="400"),
         pytest.param(409, "error_worker_not_running.json", "input", "worker_not_running", 409, id="409"),
-        pytest.param(422, "error_idempotency_key_reused.json", "stop", "idempotency_key_reused", 422, id="422"),
+        pytest.param(422, "error_unprocessable.json", "stop", "unprocessable", 422, id="422"),
         pytest.param(413, "error_payload_too_large.json", "input", "payload_too_large", 422, id="413"),
         pytest.param(413, "", "input", "payload_too_large", 422, id="413_without_error_body"),
         pytest.param(429, "", "create", "unknown", 422, id="other_4xx_without_error_body"),
@@ -372,7 +372,8 @@ def test_non_object_2xx_maps_to_runtime_bad_response(
         pytest.param(canned("worker_other_runtime.json"), "get", id="worker_of_another_runtime"),
         pytest.param(canned("worker_other_id.json"), "get", id="worker_with_another_id"),
         pytest.param(
-            b'{"transcript": {"start": 0, "limit": 2, "total_items": 1, "items": [{"sequence": "1"}]}}',
+            b'{"transcript": {"start": 0, "limit": 2, "total_items": 1,'
+            b' "items": [{"sequence": "one", "role": "user", "content": "hi"}]}}',
             "transcript",
             id="transcript_item_wrong_type",
         ),

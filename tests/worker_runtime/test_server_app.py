@@ -90,7 +90,12 @@ def test_a_stream_skips_duplicates_pings_when_idle_and_ends_at_worker_exited() -
     async def main() -> list[bytes]:
         stream = EventStream(asyncio.get_running_loop(), max_batches=10, ping_interval=0.01)
         stream.subscription = Subscription(
-            backlog=make_events(1, 2), reset_earliest_seq=1, finished=False, _close=lambda: None
+            backlog=make_events(1, 2),
+            reset_earliest_seq=1,
+            finished=False,
+            _close=lambda: None,
+            epoch="e-1",
+            reset_reason="history_expired",
         )
         chunks: list[bytes] = []
 
@@ -110,7 +115,8 @@ def test_a_stream_skips_duplicates_pings_when_idle_and_ends_at_worker_exited() -
         return chunks
 
     text = b"".join(asyncio.run(main())).decode()
-    assert text.startswith('event: reset\ndata: {"reason":"history_expired","earliest_seq":1}\n\nid: 1\n')
+    reset = '{"reason":"history_expired","earliest_seq":1,"epoch":"e-1"}'
+    assert text.startswith(f"event: reset\ndata: {reset}\n\nid: 1\n")
     assert ": ping\n\n" in text
     assert [line for line in text.splitlines() if line.startswith("id: ")] == ["id: 1", "id: 2", "id: 3", "id: 4"]
     assert text.endswith("event: worker_exited\ndata: " + make_events(4, 1, "worker_exited")[0].text + "\n\n")

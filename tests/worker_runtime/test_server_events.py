@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+
 import requests
 
+from tests.conftest import RuntimeFactory
 from tests.runtime_process import (
     RuntimeProcess,
     SseFrame,
@@ -109,7 +112,11 @@ def test_reset_when_history_is_gone(small_retention_runtime: RuntimeProcess) -> 
         stream = open_events(rt, worker_id, **cursor)
         reset = stream.next_frame()
         assert reset is not None and reset.event == "reset" and reset.id is None
-        assert reset.json() == {"reason": "history_expired", "earliest_seq": 3}
+        assert reset.json() == {
+            "reason": "history_expired",
+            "earliest_seq": 3,
+            "epoch": worker_detail(rt, worker_id)["epoch"],
+        }
         assert seqs(stream.events(count=5)) == [3, 4, 5, 6, 7]
         stream.close()
 
@@ -238,3 +245,85 @@ def test_many_idle_streams_are_counted_and_released(runtime_process: RuntimeProc
     for stream in streams:
         stream.close()
     wait_streams_open(rt, 0)
+
+
+EPOCH_HEADER = "Yoi-Stream-Epoch"
+
+
+def test_stream_epoch_is_in_the_header_and_the_worker_detail_and_survives_a_restart(
+    runtime_process: RuntimeProcess,
+) -> None:
+    rt = runtime_process
+    worker = create_worker(rt, initial_input="hi")
+    epoch = worker["epoch"]
+    assert isinstance(epoch, str) and len(epoch) == 32
+    other = create_worker(rt)["epoch"]
+    assert other != epoch  # one epoch per worker event log
+    stream = open_events(rt, worker["worker_id"], after=0)
+    assert stream.response.headers[EPOCH_HEADER] == epoch
+    stream.close()
+    head = requests.head(
+        rt.url(f"/v1/workers/{worker['worker_id']}/events"), headers=rt.headers(), timeout=(5, 10)
+    )
+    assert head.status_code == 200 and head.headers[EPOCH_HEADER] == epoch
+
+    rt.kill()
+    restarted = rt.restart()
+    assert worker_detail(restarted, worker["worker_id"])["epoch"] == epoch  # kept with the log
+    again = open_events(restarted, worker["worker_id"], after=0)
+    assert again.response.headers[EPOCH_HEADER] == epoch
+    again.close()
+
+
+def test_cursor_past_the_end_gets_a_cursor_ahead_reset_then_the_log(runtime_process: RuntimeProcess) -> None:
+    rt = runtime_process
+    worker = create_worker(rt, initial_input="hi")
+    worker_id = worker["worker_id"]
+    wait_until(lambda: worker_detail(rt, worker_id)["transcript_len"] == 2)
+    last = worker_detail(rt, worker_id)["last_seq"]
+    for cursor in ({"last_event_id": last + 1}, {"after": last + 500}):
+        stream = open_events(rt, worker_id, **cursor)
+        reset = stream.next_frame()
+        assert reset is not None and reset.event == "reset" and reset.id is None
+        assert reset.json() == {"reason": "cursor_ahead", "earliest_seq": 1, "epoch": worker["epoch"]}
+        assert seqs(stream.events(count=last)) == list(range(1, last + 1))
+        stream.close()
+    # A cursor at the end is not ahead: nothing to replay, no reset.
+    at_end = open_events(rt, worker_id, last_event_id=last)
+    wait_streams_open(rt, 1)
+    send_input(rt, worker_id, "more")
+    assert at_end.events(count=1)[0].seq == last + 1
+    at_end.close()
+
+
+def test_a_wiped_store_gives_a_recreated_worker_a_new_epoch_and_old_cursors_a_reset(
+    runtime_process: RuntimeProcess,
+) -> None:
+    rt = runtime_process
+    old = create_worker(rt, worker_id="w-same", initial_input="before the wipe")
+    wait_until(lambda: worker_detail(rt, "w-same")["transcript_len"] == 2)
+    old_last = worker_detail(rt, "w-same")["last_seq"]
+    rt.kill()
+    shutil.rmtree(rt.store)
+    restarted = rt.restart()
+    new = create_worker(restarted, worker_id="w-same")
+    assert new["epoch"] != old["epoch"]
+    assert new["last_seq"] < old_last
+    stream = open_events(restarted, "w-same", last_event_id=old_last)
+    assert stream.response.headers[EPOCH_HEADER] == new["epoch"]
+    reset = stream.next_frame()
+    assert reset is not None and reset.json() == {
+        "reason": "cursor_ahead",
+        "earliest_seq": 1,
+        "epoch": new["epoch"],
+    }
+    stream.close()
+
+
+def test_memory_store_makes_new_epochs_in_every_process(runtime_factory: RuntimeFactory) -> None:
+    rt = runtime_factory(extra_args=("--memory", "--ping-interval", "0.5"))
+    first = create_worker(rt, worker_id="w-mem")["epoch"]
+    rt.kill()
+    restarted = rt.restart()
+    second = create_worker(restarted, worker_id="w-mem")["epoch"]
+    assert first and second and first != second

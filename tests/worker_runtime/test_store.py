@@ -112,6 +112,54 @@ def test_restart_accepts_old_cursors(tmp_path: Path) -> None:
         rt.close()
 
 
+def test_the_epoch_of_a_worker_log_is_kept_with_it_across_restarts(tmp_path: Path) -> None:
+    echo_worker_with_history(tmp_path)
+    snapshot = json.loads((worker_dir(tmp_path, "w1") / "worker.json").read_text("utf-8"))
+    epoch = snapshot["epoch"]
+    assert isinstance(epoch, str) and len(epoch) == 32
+
+    rt = open_fs_runtime(tmp_path)
+    try:
+        assert rt.get_worker("w1")["epoch"] == epoch
+        sub = rt.subscribe("w1", after=0, listener=lambda _batch: None)
+        sub.close()
+        assert sub.epoch == epoch
+    finally:
+        rt.close()
+
+
+def test_a_log_stored_before_epochs_gets_one_that_is_then_kept(tmp_path: Path) -> None:
+    echo_worker_with_history(tmp_path)
+    path = worker_dir(tmp_path, "w1") / "worker.json"
+    snapshot = json.loads(path.read_text("utf-8"))
+    del snapshot["epoch"]
+    path.write_text(json.dumps(snapshot), "utf-8")
+
+    rt = open_fs_runtime(tmp_path)
+    given = rt.get_worker("w1")["epoch"]
+    rt.close()
+    assert given and json.loads(path.read_text("utf-8"))["epoch"] == given
+    rt = open_fs_runtime(tmp_path)
+    try:
+        assert rt.get_worker("w1")["epoch"] == given
+    finally:
+        rt.close()
+
+
+def test_a_cursor_past_the_end_of_a_log_is_a_cursor_ahead_reset(tmp_path: Path) -> None:
+    log = echo_worker_with_history(tmp_path)
+    rt = open_fs_runtime(tmp_path)
+    try:
+        sub = rt.subscribe("w1", after=log[-1].seq + 1, listener=lambda _batch: None)
+        sub.close()
+        assert (sub.reset_reason, sub.reset_earliest_seq, sub.backlog) == ("cursor_ahead", 1, log)
+        at_end = rt.subscribe("w1", after=log[-1].seq, listener=lambda _batch: None)
+        at_end.close()
+        assert (at_end.reset_reason, at_end.reset_earliest_seq, at_end.backlog) == (None, None, [])
+    finally:
+        rt.close()
+
+
 def test_the_store_files_hold_one_json_line_per_event_and_item(tmp_path: Path) -> None:
     log = echo_worker_with_history(tmp_path)
     directory = worker_dir(tmp_path, "w1")
@@ -584,7 +632,7 @@ def test_event_retention_trims_the_log_on_disk_and_resets_survive_a_restart(tmp_
 
     assert on_disk == [e.seq for e in log]
     assert len(on_disk) <= 12
-    assert (reset.reset_earliest_seq, reset.backlog) == (log[0].seq, log)
+    assert (reset.reset_reason, reset.reset_earliest_seq, reset.backlog) == ("history_expired", log[0].seq, log)
     assert tail.backlog == log[-3:]
     assert ack["event_id"] == log[-1].seq + 1
 

@@ -301,7 +301,7 @@ def test_remote_missing_route_maps_to_runtime_unsupported(
     [
         pytest.param(400, "error_invalid_request.json", "invalid_request", 422, id="400"),
         pytest.param(409, "error_worker_not_running.json", "worker_not_running", 409, id="409"),
-        pytest.param(422, "error_idempotency_key_reused.json", "idempotency_key_reused", 422, id="422"),
+        pytest.param(422, "error_unprocessable.json", "unprocessable", 422, id="422"),
     ],
 )
 def test_remote_refusal_maps_to_runtime_rejected_with_upstream_code(

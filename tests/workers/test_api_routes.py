@@ -26,8 +26,9 @@ WORKER = WorkerDetail(
     last_seq=7,
     created_at=1_800_000_000.5,
     updated_at=1_800_000_001.0,
+    epoch="0f3c9a7e5b1d4c2a",
 )
-WORKER_KEYS = {"runtime_id", "worker_id", "status", "profile", "intent", "transcript_len", "last_seq"}
+WORKER_KEYS = {"runtime_id", "worker_id", "status", "profile", "intent", "transcript_len", "last_seq", "epoch"}
 
 
 @pytest.mark.parametrize(
@@ -112,6 +113,7 @@ def test_worker_routes_shapes(api_client: APIClient, services: ServiceSpy, user:
     (item,) = body["items"]
     assert set(item) == WORKER_KEYS | {"created_at", "updated_at"}
     assert item["created_at"] == "2027-01-15T08:00:00.500000Z"
+    assert item["epoch"] == "0f3c9a7e5b1d4c2a"
     assert api_client.get("/api/v1/runtimes/local/workers/w1/").json() == item
 
 
@@ -127,6 +129,7 @@ def test_worker_unknown_optional_fields_are_omitted(api_client: APIClient, servi
         "transcript_len": None,
         "last_seq": None,
         "exit_code": 3,
+        "epoch": None,
     }
 
 
@@ -141,6 +144,7 @@ def test_create_passes_a_spec_and_answers_201(api_client: APIClient, services: S
             "worker_id": "w1",
         },
         format="json",
+        HTTP_IDEMPOTENCY_KEY="create-1",
     )
     assert response.status_code == 201
     assert response["Location"] == "/api/v1/runtimes/local/workers/w1/"
@@ -157,6 +161,7 @@ def test_create_passes_a_spec_and_answers_201(api_client: APIClient, services: S
                     worker_id="w1",
                 ),
                 "user": user,
+                "idempotency_key": "create-1",
             },
         )
     ]
@@ -184,7 +189,14 @@ def test_input_answers_202_ack(api_client: APIClient, services: ServiceSpy, user
     assert services.calls == [
         (
             "worker_send_input",
-            {"runtime_id": "local", "worker_id": "w1", "content": " hi ", "kind": "user", "user": user},
+            {
+                "runtime_id": "local",
+                "worker_id": "w1",
+                "content": " hi ",
+                "kind": "user",
+                "user": user,
+                "idempotency_key": None,
+            },
         )
     ]
 

@@ -155,6 +155,25 @@ def test_ids_and_transcript_query_are_documented(openapi: dict[str, Any]) -> Non
             assert (limit["minimum"], limit["maximum"], limit["default"]) == (1, 200, 50)
 
 
+def test_the_four_commands_document_the_idempotency_key_header(openapi: dict[str, Any]) -> None:
+    with_key = set()
+    for _, _, operation in operations(openapi):
+        params = {(p["in"], p["name"]): p for p in operation.get("parameters", [])}
+        header = params.get(("header", "Idempotency-Key"))
+        if header is not None:
+            assert not header.get("required") and header["schema"]["pattern"] == r"^[\x21-\x7e]{1,255}$"
+            assert "idempotency_key_reused" in str(operation["responses"]["422"])
+            with_key.add(operation["operationId"])
+    assert with_key == {
+        "runtime_workers_create",
+        "runtime_workers_input",
+        "runtime_workers_stop",
+        "runtime_workers_cancel",
+    }
+    worker = openapi["components"]["schemas"]["Worker"]["properties"]["epoch"]
+    assert (worker["type"], worker["nullable"]) == ("string", True)
+
+
 def test_optional_output_keys_are_not_required(openapi: dict[str, Any]) -> None:
     components = openapi["components"]["schemas"]
     worker, ack = components["Worker"], components["Ack"]
@@ -180,7 +199,7 @@ def test_error_code_enum_is_the_closed_vocabulary(openapi: dict[str, Any]) -> No
     rejected = {RuntimeRejected(upstream_code="x", upstream_status=s).http_status for s in (400, 409, 413)}
     assert rejected == {409, 422}
     assert "runtime_rejected" in api_schema.codes_for_status(409)
-    assert api_schema.codes_for_status(422) == ["runtime_rejected"]
+    assert api_schema.codes_for_status(422) == ["runtime_rejected", "idempotency_key_reused"]
     assert YoiError().code == "internal_error" and api_schema.ERROR_CODES["internal_error"][0] == 500
 
 

@@ -209,9 +209,10 @@ function cookie(name) {
   return "";
 }
 
-async function api(path, { method = "GET", body } = {}) {
+async function api(path, { method = "GET", body, idempotencyKey } = {}) {
   const headers = { Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (idempotencyKey) headers["Idempotency-Key"] = idempotencyKey;
   if (method !== "GET" && method !== "HEAD") headers["X-CSRFToken"] = cookie("csrftoken");
   let response;
   let text;
@@ -1157,6 +1158,25 @@ function closeWorker() {
   state.tx.generation += 1;
 }
 
+// ---- one submitted input = one Idempotency-Key: a retry of it can never make a second input (docs/api.md)
+
+/** A fresh random key (crypto.getRandomValues works on plain http too, unlike crypto.randomUUID). */
+function newIdempotencyKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return `console-${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
+}
+
+/** POST an input with its key; if the answer is lost or retryable, send the same request once more. */
+async function submitInput(url, body) {
+  const idempotencyKey = newIdempotencyKey();
+  try {
+    return await api(url, { method: "POST", body, idempotencyKey });
+  } catch (exc) {
+    if (!(exc instanceof ApiError) || !(exc.status === 0 || exc.error.retryable)) throw exc;
+    return api(url, { method: "POST", body, idempotencyKey });
+  }
+}
+
 async function sendInput(event) {
   event.preventDefault();
   const worker = state.worker;
@@ -1171,9 +1191,9 @@ async function sendInput(event) {
   const button = $("input-send");
   button.disabled = true;
   try {
-    const ack = await api(urls.input(worker.runtime_id, worker.worker_id), {
-      method: "POST",
-      body: { content: text.value, kind: $("input-kind").value },
+    const ack = await submitInput(urls.input(worker.runtime_id, worker.worker_id), {
+      content: text.value,
+      kind: $("input-kind").value,
     });
     showError($("input-error"), null);
     text.value = "";
