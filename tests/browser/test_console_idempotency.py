@@ -3,21 +3,12 @@ is lost, and so one input however the network behaves (headless Chromium, real B
 
 from __future__ import annotations
 
-import os
-
-import pytest
 from playwright.sync_api import Request, Route, expect
 
 from tests.browser.conftest import ConsolePage
-from tests.browser.test_console import create_echo_worker, log_in, reply, user_message
+from tests.browser.helpers import BROWSER_MARKS, create_echo_worker, log_in, reply, user_message
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        os.environ.get("YOI_RUN_BROWSER") != "1",
-        reason="browser tests run with YOI_RUN_BROWSER=1 (they need Debian's chromium)",
-    ),
-]
+pytestmark = BROWSER_MARKS
 
 
 def test_a_lost_answer_is_retried_once_with_the_same_key_and_makes_one_input(console_page: ConsolePage) -> None:
