@@ -29,7 +29,9 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from runtimes import metrics
 from runtimes.errors import (
+    CredentialUnavailable,
     InvalidRequest,
     RuntimeAuthFailed,
     RuntimeBadResponse,
@@ -62,6 +64,18 @@ PATH_WORKER_STOP = "/v1/workers/{worker_id}/stop"
 PATH_WORKER_CANCEL = "/v1/workers/{worker_id}/cancel"
 PATH_WORKER_TRANSCRIPT = "/v1/workers/{worker_id}/transcript"
 PATH_WORKER_EVENTS = "/v1/workers/{worker_id}/events"
+# Route names of the metrics: the RuntimeHandle method each request serves (the embedded handle uses the same).
+ROUTE_NAMES: dict[tuple[str, str], str] = {
+    ("GET", PATH_RUNTIME): "summary",
+    ("GET", PATH_WORKERS): "list_workers",
+    ("POST", PATH_WORKERS): "create_worker",
+    ("GET", PATH_WORKER): "get_worker",
+    ("POST", PATH_WORKER_INPUT): "send_input",
+    ("POST", PATH_WORKER_STOP): "stop_worker",
+    ("POST", PATH_WORKER_CANCEL): "cancel_worker",
+    ("GET", PATH_WORKER_TRANSCRIPT): "transcript",
+    ("GET", PATH_WORKER_EVENTS): "open_events",
+}
 
 # A token goes into a header: printable ASCII without spaces, or it is not a usable credential.
 _TOKEN_RE = re.compile(r"[\x21-\x7e]+")
@@ -172,17 +186,17 @@ class RemoteRuntimeClient:
         if body is not None:
             data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
             headers["Content-Type"] = "application/json"
-        started = time.monotonic()
-        deadline = started + self.connect_timeout + self.read_timeout
-        response = self._send(method, url, headers=headers, worker_id=worker_id, data=data, params=params)
-        try:
-            raw = self._read_body(response, deadline=deadline, worker_id=worker_id)
-        finally:
-            response.close()
-        status = response.status_code
-        if not 200 <= status < 300:
-            raise self._map_failure(status=status, body=raw, worker_id=worker_id)
-        return status, self._json_object(raw, worker_id=worker_id)
+        deadline = time.monotonic() + self.connect_timeout + self.read_timeout
+        with metrics.upstream_request(self.runtime_id, ROUTE_NAMES.get((method, path), "other")):
+            response = self._send(method, url, headers=headers, worker_id=worker_id, data=data, params=params)
+            try:
+                raw = self._read_body(response, deadline=deadline, worker_id=worker_id)
+            finally:
+                response.close()
+            status = response.status_code
+            if not 200 <= status < 300:
+                raise self._map_failure(status=status, body=raw, worker_id=worker_id)
+            return status, self._json_object(raw, worker_id=worker_id)
 
     def _send(
         self,
@@ -224,21 +238,22 @@ class RemoteRuntimeClient:
         if after is not None:
             headers["Last-Event-ID"] = str(after)
         deadline = time.monotonic() + self.connect_timeout + self.read_timeout
-        response = self._send("GET", url, headers=headers, worker_id=worker_id)
-        status = response.status_code
-        # The head came within the read timeout; from here on silence is only fatal past the idle timeout.
-        _set_read_timeout(response, self.stream_idle_timeout)
-        if not 200 <= status < 300:
-            try:
-                raw = self._read_body(response, deadline=deadline, worker_id=worker_id)
-            finally:
+        with metrics.upstream_request(self.runtime_id, ROUTE_NAMES[("GET", PATH_WORKER_EVENTS)]):
+            response = self._send("GET", url, headers=headers, worker_id=worker_id)
+            status = response.status_code
+            # The head came within the read timeout; from here on silence is only fatal past the idle timeout.
+            _set_read_timeout(response, self.stream_idle_timeout)
+            if not 200 <= status < 300:
+                try:
+                    raw = self._read_body(response, deadline=deadline, worker_id=worker_id)
+                finally:
+                    response.close()
+                raise self._map_failure(status=status, body=raw, worker_id=worker_id)
+            content_type = response.headers.get("Content-Type", "")
+            if not content_type.lower().startswith("text/event-stream"):
                 response.close()
-            raise self._map_failure(status=status, body=raw, worker_id=worker_id)
-        content_type = response.headers.get("Content-Type", "")
-        if not content_type.lower().startswith("text/event-stream"):
-            response.close()
-            self._log_bad_response("not_event_stream", worker_id)
-            raise RuntimeBadResponse(runtime_id=self.runtime_id, worker_id=worker_id)
+                self._log_bad_response("not_event_stream", worker_id)
+                raise RuntimeBadResponse(runtime_id=self.runtime_id, worker_id=worker_id)
         return ClientEventStream(self, response, worker_id=worker_id)
 
     # ----------------------------------------------------------------------------------------- internals
@@ -254,10 +269,14 @@ class RemoteRuntimeClient:
         return self._base_url + path
 
     def _headers(self, *, accept: str) -> dict[str, str]:
-        token = self._token_provider()  # may raise RuntimeAuthFailed: no request is made then
+        try:
+            token = self._token_provider()
+        except RuntimeAuthFailed as exc:
+            # No request is made: this process cannot resolve the credential, which says nothing of the runtime.
+            raise CredentialUnavailable(runtime_id=self.runtime_id, message=exc.message) from None
         if not isinstance(token, str) or _TOKEN_RE.fullmatch(token) is None:
             logger.warning("runtimes.client.token_unusable", extra={"runtime_id": self.runtime_id})
-            raise RuntimeAuthFailed(runtime_id=self.runtime_id)
+            raise CredentialUnavailable(runtime_id=self.runtime_id)
         return {
             "Authorization": f"Bearer {token}",
             "Accept": accept,

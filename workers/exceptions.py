@@ -1,7 +1,8 @@
-"""The one place that turns errors into the §5 envelope under /api/: the DRF handler and Django's error views.
+"""The one place that turns errors into the envelope under /api/: the DRF handler and Django's error views.
 
-Every body is ``{"error": {"code", "message", "runtime_id"?, "worker_id"?, "retryable", "fields"?}}``.
-Messages are fixed texts; the text of an unexpected exception never reaches a response.
+Every body is ``{"error": {"code", "message", "runtime_id"?, "worker_id"?, "retryable", "fields"?,
+"request_id"?}}`` (docs/api.md). Messages are fixed texts; the text of an unexpected exception never
+reaches a response. A typed error answered with a 5xx is logged once, at WARNING, with its code.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from rest_framework.settings import api_settings
 from rest_framework.views import set_rollback
 
 from runtimes.errors import YoiError
+from runtimes.request_context import current_request_id
 from workers.serializers import path_id_errors, raw_request_path
 
 logger = logging.getLogger(__name__)
@@ -41,7 +43,15 @@ def error_body(
     error: dict[str, Any] = {"code": code, "message": message, "retryable": retryable}
     if fields:
         error["fields"] = fields
-    return {"error": error}
+    return {"error": with_request_id(error)}
+
+
+def with_request_id(error: dict[str, Any]) -> dict[str, Any]:
+    """The ``error`` object with the current request's id, so a user's report can be found in the logs."""
+    request_id = current_request_id()
+    if request_id is not None:
+        error["request_id"] = request_id
+    return error
 
 
 def flatten_detail(detail: Any, prefix: str = "") -> dict[str, list[str]]:
@@ -119,7 +129,21 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     """DRF EXCEPTION_HANDLER: every exception raised in an API view becomes an envelope response."""
     if isinstance(exc, YoiError):
         # No rollback: the service has already recorded the failed command's AuditEvent.
-        return Response({"error": exc.to_json()}, status=exc.http_status, headers=exc.headers())
+        response = Response({"error": with_request_id(exc.to_json())}, status=exc.http_status, headers=exc.headers())
+        if exc.http_status >= 500:
+            # An answer about a runtime, not a crash: one WARNING with its code instead of django.request's ERROR.
+            logger.warning(
+                "workers.api.runtime_error",
+                extra={
+                    "runtime_id": exc.runtime_id,
+                    "worker_id": exc.worker_id,
+                    "code": exc.code,
+                    "status": exc.http_status,
+                    "view": _view_name(context),
+                },
+            )
+            response._has_been_logged = True  # type: ignore[attr-defined]  # read by django.utils.log
+        return response
     if isinstance(exc, Http404):
         exc = drf.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):

@@ -82,6 +82,13 @@ YOI_RELAY_BUFFER_EVENTS = int(env_float("YOI_RELAY_BUFFER_EVENTS", 4096))
 YOI_RELAY_BACKOFF_BASE = env_float("YOI_RELAY_BACKOFF_BASE", 0.5)
 YOI_RELAY_BACKOFF_CAP = env_float("YOI_RELAY_BACKOFF_CAP", 15.0)
 
+# /metrics (Prometheus) answers only with "Authorization: Bearer <this>"; unset, the endpoint is off (404).
+YOI_METRICS_TOKEN = env_str("YOI_METRICS_TOKEN", "")
+# "plain" (the event name, then key=value fields) or "json" (one JSON object per line).
+YOI_LOG_FORMAT = env_str("YOI_LOG_FORMAT", "plain").strip().lower()
+if YOI_LOG_FORMAT not in {"plain", "json"}:
+    raise ImproperlyConfigured(f"YOI_LOG_FORMAT must be plain or json, got {YOI_LOG_FORMAT!r}")
+
 INSTALLED_APPS = [
     "daphne",
     "django.contrib.admin",
@@ -100,6 +107,10 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: the request id and metrics cover everything below; then /livez, /readyz and /metrics, answered
+    # before host checks and sessions (yoi_backend/middleware.py).
+    "yoi_backend.middleware.RequestObservabilityMiddleware",
+    "yoi_backend.middleware.OperationsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -262,14 +273,23 @@ SPECTACULAR_SETTINGS = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    # Tracebacks with every exception message scrubbed: no runtime URL or store path (yoi_backend/logs.py).
+    # Every line carries its fields (key=value, or JSON keys) and the request id; tracebacks keep their frames
+    # with every exception message scrubbed: no runtime URL or store path (yoi_backend/logs.py).
+    "filters": {"request_id": {"()": "yoi_backend.logs.RequestIdFilter"}},
     "formatters": {
         "plain": {
-            "()": "yoi_backend.logs.ScrubbingFormatter",
+            "()": "yoi_backend.logs.FieldsFormatter",
             "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
-        }
+        },
+        "json": {
+            "()": "yoi_backend.logs.JsonFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": YOI_LOG_FORMAT, "filters": ["request_id"]}
+    },
     "root": {"handlers": ["console"], "level": env_str("YOI_LOG_LEVEL", "INFO")},
     "loggers": {
         "django.request": {"level": "ERROR"},

@@ -14,7 +14,15 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from runtimes.errors import InvalidRequest, RuntimeRejected, RuntimeUnreachable, WorkerNotFound, YoiError
+from runtimes import metrics
+from runtimes.errors import (
+    InvalidRequest,
+    RuntimeRejected,
+    RuntimeUnreachable,
+    StoreNotOwned,
+    WorkerNotFound,
+    YoiError,
+)
 from runtimes.handles.parse import parse_ack, parse_event, parse_summary, parse_transcript, parse_worker
 from runtimes.types import (
     Ack,
@@ -29,7 +37,7 @@ from runtimes.types import (
 )
 from worker_runtime.config import RuntimeConfig
 from worker_runtime.core import Subscription, WorkerRuntime
-from worker_runtime.errors import RuntimeApiError, StoreError
+from worker_runtime.errors import RuntimeApiError, StoreError, StoreLocked
 from worker_runtime.ids import ID_PATTERN, is_valid_id, path_component
 from worker_runtime.model import Event
 from worker_runtime.store import FsStore
@@ -103,6 +111,9 @@ class EmbeddedRuntimeHandle:
                 )
                 try:
                     core.open()
+                except StoreLocked as exc:
+                    core.close()
+                    raise self._store_not_owned() from exc
                 except (StoreError, OSError) as exc:
                     # A failure after the lock was taken must not leave the store locked by a core nobody holds.
                     core.close()
@@ -119,17 +130,31 @@ class EmbeddedRuntimeHandle:
             message=f"embedded runtime {self.runtime_id} is unavailable: its store is in use or unreadable",
         )
 
-    def _call(self, operation: Callable[[WorkerRuntime], T], *, worker_id: str | None = None) -> T:
-        if worker_id is not None and not is_valid_id(worker_id):
-            raise InvalidRequest(runtime_id=self.runtime_id, fields={"worker_id": [f"must match {ID_PATTERN}"]})
-        core = self._runtime()
-        try:
-            return operation(core)
-        except RuntimeApiError as exc:
-            raise self._translate(exc, worker_id) from exc
-        except (StoreError, OSError) as exc:
-            # A store write failing mid-command (disk full, permissions): typed, never a path in a traceback.
-            raise self._store_unavailable() from exc
+    def _store_not_owned(self) -> StoreNotOwned:
+        """The store is locked by another process: the one that serves this runtime (a second process, such
+        as a management command, cannot use it while that one runs)."""
+        logger.info("runtimes.embedded.store_not_owned", extra={"runtime_id": self.runtime_id})
+        return StoreNotOwned(
+            runtime_id=self.runtime_id,
+            message=f"embedded runtime {self.runtime_id} is served by another process: its store is locked",
+        )
+
+    def _call(
+        self, operation: Callable[[WorkerRuntime], T], *, route: str, worker_id: str | None = None
+    ) -> T:
+        """Run ``operation`` on the core, typed like a remote answer and counted like an upstream request."""
+        with metrics.upstream_request(self.runtime_id, route):
+            if worker_id is not None and not is_valid_id(worker_id):
+                fields = {"worker_id": [f"must match {ID_PATTERN}"]}
+                raise InvalidRequest(runtime_id=self.runtime_id, fields=fields)
+            core = self._runtime()
+            try:
+                return operation(core)
+            except RuntimeApiError as exc:
+                raise self._translate(exc, worker_id) from exc
+            except (StoreError, OSError) as exc:
+                # A store write failing mid-command (disk full, permissions): typed, never a path in a traceback.
+                raise self._store_unavailable() from exc
 
     def _translate(self, exc: RuntimeApiError, worker_id: str | None) -> YoiError:
         """The embedded twin of the remote status mapping: the runtime's own codes, typed the same way."""
@@ -144,47 +169,56 @@ class EmbeddedRuntimeHandle:
         )
 
     def summary(self) -> RuntimeSummary:
-        return parse_summary(self._call(lambda core: core.summary()), runtime_id=self.runtime_id)
+        return parse_summary(self._call(lambda core: core.summary(), route="summary"), runtime_id=self.runtime_id)
 
     def capabilities(self) -> Capabilities:
         return self.summary().capabilities
 
     def list_workers(self) -> list[WorkerDetail]:
-        bodies = self._call(lambda core: core.list_workers())
+        bodies = self._call(lambda core: core.list_workers(), route="list_workers")
         return [parse_worker(body, runtime_id=self.runtime_id) for body in bodies]
 
     def get_worker(self, worker_id: str) -> WorkerDetail:
-        body = self._call(lambda core: core.get_worker(worker_id), worker_id=worker_id)
+        body = self._call(lambda core: core.get_worker(worker_id), route="get_worker", worker_id=worker_id)
         return parse_worker(body, runtime_id=self.runtime_id, worker_id=worker_id)
 
     def create_worker(self, spec: WorkerSpec, *, idempotency_key: str | None = None) -> WorkerDetail:
-        body = self._call(lambda core: core.create_worker(spec.to_protocol()), worker_id=spec.worker_id)
+        body = self._call(
+            lambda core: core.create_worker(spec.to_protocol()), route="create_worker", worker_id=spec.worker_id
+        )
         return parse_worker(body, runtime_id=self.runtime_id, worker_id=spec.worker_id)
 
     def send_input(
         self, worker_id: str, *, content: str, kind: str = "user", idempotency_key: str | None = None
     ) -> Ack:
         request: dict[str, Any] = {"kind": kind, "content": content}
-        body = self._call(lambda core: core.send_input(worker_id, request), worker_id=worker_id)
+        body = self._call(lambda core: core.send_input(worker_id, request), route="send_input", worker_id=worker_id)
         return parse_ack(body, runtime_id=self.runtime_id, worker_id=worker_id)
 
     def stop_worker(self, worker_id: str, *, reason: str | None = None, idempotency_key: str | None = None) -> Ack:
-        body = self._call(lambda core: core.stop_worker(worker_id, reason=reason), worker_id=worker_id)
+        body = self._call(
+            lambda core: core.stop_worker(worker_id, reason=reason), route="stop_worker", worker_id=worker_id
+        )
         return parse_ack(body, runtime_id=self.runtime_id, worker_id=worker_id)
 
     def cancel_worker(
         self, worker_id: str, *, reason: str | None = None, idempotency_key: str | None = None
     ) -> Ack:
-        body = self._call(lambda core: core.cancel_worker(worker_id, reason=reason), worker_id=worker_id)
+        body = self._call(
+            lambda core: core.cancel_worker(worker_id, reason=reason), route="cancel_worker", worker_id=worker_id
+        )
         return parse_ack(body, runtime_id=self.runtime_id, worker_id=worker_id)
 
     def transcript(self, worker_id: str, *, start: int, limit: int) -> TranscriptPage:
-        body = self._call(lambda core: core.transcript(worker_id, start=start, limit=limit), worker_id=worker_id)
+        body = self._call(
+            lambda core: core.transcript(worker_id, start=start, limit=limit), route="transcript", worker_id=worker_id
+        )
         return parse_transcript(body, runtime_id=self.runtime_id, worker_id=worker_id)
 
     def open_events(self, worker_id: str, *, after: int | None) -> EmbeddedEventStream:
         return self._call(
             lambda core: EmbeddedEventStream(core, runtime_id=self.runtime_id, worker_id=worker_id, after=after),
+            route="open_events",
             worker_id=worker_id,
         )
 
