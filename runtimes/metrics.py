@@ -44,7 +44,9 @@ UPSTREAM_DURATION = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 API_REQUESTS = Counter(
-    "yoi_api_requests_total", "HTTP requests served, by route name, method and status.", ["route", "method", "status"]
+    "yoi_api_requests_total",
+    "HTTP requests served, by route name, method and status.",
+    ["route", "method", "status"],
 )
 API_DURATION = Histogram(
     "yoi_api_request_duration_seconds",
@@ -57,7 +59,9 @@ BREAKER_TRIPS = Counter(
 )
 RELAY_UPSTREAMS_OPEN = Gauge("yoi_relay_upstreams_open", "Upstream event streams open in this process.")
 RELAY_SUBSCRIBERS = Gauge("yoi_relay_subscribers", "Browser sockets subscribed to a relay in this process.")
-RELAY_EVENTS = Counter("yoi_relay_events_total", "Events the relay took from upstreams (each once, however many watch).")
+RELAY_EVENTS = Counter(
+    "yoi_relay_events_total", "Events the relay took from upstreams (each once, however many watch)."
+)
 RELAY_RESETS = Counter("yoi_relay_resets_total", "Reset frames sent to browsers, by reason.", ["reason"])
 RELAY_RECONNECTS = Counter(
     "yoi_relay_reconnects_total", "Upstream event streams lost and scheduled to reconnect.", ["runtime_id"]

@@ -129,7 +129,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     """DRF EXCEPTION_HANDLER: every exception raised in an API view becomes an envelope response."""
     if isinstance(exc, YoiError):
         # No rollback: the service has already recorded the failed command's AuditEvent.
-        response = Response({"error": with_request_id(exc.to_json())}, status=exc.http_status, headers=exc.headers())
+        response = Response(
+            {"error": with_request_id(exc.to_json())}, status=exc.http_status, headers=exc.headers()
+        )
         if exc.http_status >= 500:
             # An answer about a runtime, not a crash: one WARNING with its code instead of django.request's ERROR.
             logger.warning(

@@ -123,6 +123,13 @@ class RuntimeViewSet(ApiViewSet):
         view = runtime_get_visible(runtime_id=runtime_id, user=request.user)
         return Response(RuntimeOutputSerializer(view).data)
 
+    @action(detail=True, methods=["post"])
+    def probe(self, request: Request, runtime_id: str) -> Response:
+        """Probe the runtime now (whatever its breaker says) and answer its fresh status."""
+        require_valid_ids(request, runtime_id=runtime_id)
+        view = runtime_get_visible(runtime_id=runtime_id, user=request.user, probe=True)
+        return Response(RuntimeOutputSerializer(view).data)
+
 
 @extend_schema_view(**OPERATIONS_RUNTIME_WORKER)
 class RuntimeWorkerViewSet(ApiViewSet):

@@ -64,7 +64,12 @@ def _field_text(value: Any) -> str:
     """A field value for the plain format: scrubbed, quoted (JSON) when it has spaces, quotes or ``=``."""
     if isinstance(value, bool | int | float):
         return str(value)
-    text = scrub(value if isinstance(value, str) else _json_text(value))
+    if isinstance(value, str):
+        text = scrub(value)
+    elif isinstance(value, list | tuple | dict | set | frozenset):
+        text = scrub(_json_text(value))
+    else:
+        text = scrub(str(value))
     if not text or any(ch in text for ch in ' "='):
         return json.dumps(text, ensure_ascii=False)
     return text
@@ -150,7 +155,9 @@ class JsonFormatter(_JsonFormatter):
     """One JSON object per line (python-json-logger): the record's fields as keys, scrubbed like the plain
     format (the message, every string field, the traceback)."""
 
-    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
         super().add_fields(log_data, record, message_dict)
         for key, value in list(log_data.items()):
             if value is None and key not in {"message", "levelname", "name"}:
@@ -160,6 +167,6 @@ class JsonFormatter(_JsonFormatter):
             elif key != "exc_info":
                 log_data[key] = _scrubbed_value(value)
 
-    def formatException(self, ei: ExcInfo) -> str:  # type: ignore[override]
+    def formatException(self, ei: ExcInfo) -> str:
         text = _scrubbed_exception(ei)
         return str(super().formatException(ei)) if text is None else text

@@ -60,7 +60,9 @@ class RequestObservabilityMiddleware:
         finally:
             unbind_request_id(token)
         method = request.method if request.method in METHODS else "other"
-        metrics.observe_api(route_name(request), method or "other", response.status_code, time.perf_counter() - started)
+        metrics.observe_api(
+            route_name(request), method or "other", response.status_code, time.perf_counter() - started
+        )
         response[REQUEST_ID_HEADER] = request_id
         return response
 

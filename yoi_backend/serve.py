@@ -5,7 +5,8 @@ application argument may be left out) and serves the same way, except on SIGTERM
 stopping at once, the process drains (``yoi_backend/lifecycle.py``) — it turns unready, waits
 ``YOI_DRAIN_DELAY_SECONDS`` so a load balancer stops routing to it, runs the drain hooks (event sockets
 close with 1001), then lets in-flight requests finish for at most ``YOI_DRAIN_GRACE_SECONDS`` before it
-exits. A second signal stops it at once.
+exits. A second signal stops it at once. While it serves, a background thread re-probes runtimes whose
+circuit breaker has half-opened (``runtimes.health.HealthMonitor``).
 """
 
 from __future__ import annotations
@@ -50,7 +51,17 @@ class BackendServer(Server):
         self.signal_handlers = False  # ours, installed once the reactor runs (below)
         self._stopping_since: float | None = None
         reactor.callWhenRunning(self._install_signal_handlers)
+        reactor.callWhenRunning(self._start_health_monitor)
         super().run()
+
+    def _start_health_monitor(self) -> None:
+        """The background re-probe of runtimes (runtimes/health.py); it stops when the process drains."""
+        from runtimes.health import start_health_monitor
+        from yoi_backend import lifecycle
+
+        monitor = start_health_monitor()
+        if monitor is not None:
+            lifecycle.on_drain(lambda: monitor.stop(timeout=0))
 
     def _install_signal_handlers(self) -> None:
         loop = reactor._asyncioEventloop

@@ -82,6 +82,10 @@ YOI_RELAY_BUFFER_EVENTS = int(env_float("YOI_RELAY_BUFFER_EVENTS", 4096))
 YOI_RELAY_BACKOFF_BASE = env_float("YOI_RELAY_BACKOFF_BASE", 0.5)
 YOI_RELAY_BACKOFF_CAP = env_float("YOI_RELAY_BACKOFF_CAP", 15.0)
 
+# How often a serving process re-probes runtimes whose breaker half-opened (runtimes/health.py); 0 = never.
+YOI_HEALTH_MONITOR_SECONDS = float(env_str("YOI_HEALTH_MONITOR_SECONDS", "1") or "1")
+if YOI_HEALTH_MONITOR_SECONDS < 0:
+    raise ImproperlyConfigured("YOI_HEALTH_MONITOR_SECONDS must be >= 0")
 # /metrics (Prometheus) answers only with "Authorization: Bearer <this>"; unset, the endpoint is off (404).
 YOI_METRICS_TOKEN = env_str("YOI_METRICS_TOKEN", "")
 # "plain" (the event name, then key=value fields) or "json" (one JSON object per line).

@@ -67,7 +67,7 @@ def readyz(request: HttpRequest) -> HttpResponse:
         "registry": _registry_loads(),
     }
     failing = [name for name, ok in checks.items() if not ok]
-    body = {
+    body: dict[str, object] = {
         "status": "unready" if failing else "ready",
         "checks": {name: "ok" if ok else "failing" for name, ok in checks.items()},
     }

@@ -139,9 +139,7 @@ class EmbeddedRuntimeHandle:
             message=f"embedded runtime {self.runtime_id} is served by another process: its store is locked",
         )
 
-    def _call(
-        self, operation: Callable[[WorkerRuntime], T], *, route: str, worker_id: str | None = None
-    ) -> T:
+    def _call(self, operation: Callable[[WorkerRuntime], T], *, route: str, worker_id: str | None = None) -> T:
         """Run ``operation`` on the core, typed like a remote answer and counted like an upstream request."""
         with metrics.upstream_request(self.runtime_id, route):
             if worker_id is not None and not is_valid_id(worker_id):
@@ -192,7 +190,9 @@ class EmbeddedRuntimeHandle:
         self, worker_id: str, *, content: str, kind: str = "user", idempotency_key: str | None = None
     ) -> Ack:
         request: dict[str, Any] = {"kind": kind, "content": content}
-        body = self._call(lambda core: core.send_input(worker_id, request), route="send_input", worker_id=worker_id)
+        body = self._call(
+            lambda core: core.send_input(worker_id, request), route="send_input", worker_id=worker_id
+        )
         return parse_ack(body, runtime_id=self.runtime_id, worker_id=worker_id)
 
     def stop_worker(self, worker_id: str, *, reason: str | None = None, idempotency_key: str | None = None) -> Ack:
@@ -211,7 +211,9 @@ class EmbeddedRuntimeHandle:
 
     def transcript(self, worker_id: str, *, start: int, limit: int) -> TranscriptPage:
         body = self._call(
-            lambda core: core.transcript(worker_id, start=start, limit=limit), route="transcript", worker_id=worker_id
+            lambda core: core.transcript(worker_id, start=start, limit=limit),
+            route="transcript",
+            worker_id=worker_id,
         )
         return parse_transcript(body, runtime_id=self.runtime_id, worker_id=worker_id)
 
