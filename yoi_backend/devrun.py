@@ -30,7 +30,7 @@ HOST = "127.0.0.1"
 RUNTIMES_FIXTURE = ROOT / "fixtures" / "runtimes.example.toml"
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_LOCAL_RUNTIME_PORT = 38800  # the base_url of runtime "local" in fixtures/runtimes.example.toml
-LOCAL_TOKEN_ENV = "YOI_RUNTIME_TOKEN_LOCAL"
+LOCAL_TOKEN_ENV = "YOI_RUNTIME_TOKEN_LOCAL"  # noqa: S105 - the variable's name, not a token
 READY_TIMEOUT = 30.0
 POLL_SECONDS = 0.2
 # Restarts wait BACKOFF_BASE, then twice that each time, at most BACKOFF_CAP; a process that stayed up for
@@ -187,8 +187,10 @@ def main() -> None:
     # WebSocket heartbeat: an idle browser socket is pinged every 15 s and dropped after 30 s of silence.
     backend = Supervised(
         "Backend",
-        [sys.executable, "-m", "yoi_backend.serve", "-b", HOST, "-p", str(http_port)]
-        + ["--ping-interval", "15", "--ping-timeout", "30", "yoi_backend.asgi:application"],
+        [
+            *(sys.executable, "-m", "yoi_backend.serve", "-b", HOST, "-p", str(http_port)),
+            *("--ping-interval", "15", "--ping-timeout", "30", "yoi_backend.asgi:application"),
+        ],
         http_port,
         env,
     )
