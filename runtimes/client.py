@@ -31,6 +31,7 @@ from urllib3.util.retry import Retry
 
 from runtimes import metrics
 from runtimes.errors import (
+    TRANSPORT_FAILURES,
     CredentialUnavailable,
     InvalidRequest,
     RuntimeAuthFailed,
@@ -275,7 +276,14 @@ class RemoteRuntimeClient:
             # No request is made: this process cannot resolve the credential, which says nothing of the runtime.
             raise CredentialUnavailable(runtime_id=self.runtime_id, message=exc.message) from None
         if not isinstance(token, str) or _TOKEN_RE.fullmatch(token) is None:
-            logger.warning("runtimes.client.token_unusable", extra={"runtime_id": self.runtime_id})
+            logger.warning(
+                "runtimes.client.token_unusable",
+                extra={
+                    "runtime_id": self.runtime_id,
+                    "code": RuntimeAuthFailed.code,
+                    "reason": "not_a_header_value",
+                },
+            )
             raise CredentialUnavailable(runtime_id=self.runtime_id)
         return {
             "Authorization": f"Bearer {token}",
@@ -297,7 +305,12 @@ class RemoteRuntimeClient:
                 if time.monotonic() > deadline:
                     logger.warning(
                         "runtimes.client.deadline_exceeded",
-                        extra={"runtime_id": self.runtime_id, "worker_id": worker_id},
+                        extra={
+                            "runtime_id": self.runtime_id,
+                            "worker_id": worker_id,
+                            "code": RuntimeTimeout.code,
+                            "reason": "body_deadline",
+                        },
                     )
                     raise RuntimeTimeout(runtime_id=self.runtime_id, worker_id=worker_id)
                 # read1: at most one recv, so the deadline is checked between the bytes of a slow drip.
@@ -339,7 +352,12 @@ class RemoteRuntimeClient:
     def _log_bad_response(self, reason: str, worker_id: str | None) -> None:
         logger.warning(
             "runtimes.client.bad_response",
-            extra={"runtime_id": self.runtime_id, "worker_id": worker_id, "reason": reason},
+            extra={
+                "runtime_id": self.runtime_id,
+                "worker_id": worker_id,
+                "code": RuntimeBadResponse.code,
+                "reason": reason,
+            },
         )
 
     def _map_failure(
@@ -358,40 +376,59 @@ class RemoteRuntimeClient:
         if exc is not None:
             if isinstance(exc, YoiError):
                 return exc
+            error = _error_for_exception(exc, ids)
             logger.warning(
-                "runtimes.client.transport_error",
-                extra={"runtime_id": self.runtime_id, "worker_id": worker_id, "error_class": type(exc).__name__},
+                "runtimes.client.transport_error", extra={**ids, "code": error.code, "reason": type(exc).__name__}
             )
-            if _is_timeout(exc):
-                return RuntimeTimeout(**ids)
-            if isinstance(exc, _UNREACHABLE_ERRORS):
-                return RuntimeUnreachable(**ids)
-            # Anything else requests/urllib3 raise (decoding, invalid headers, ...) is a broken answer.
-            return RuntimeBadResponse(**ids)
-
+            return error
         assert status is not None
-        code, message = _error_fields(body, redact=self._redact_secrets)
-        logger.info(
+        upstream_code, message = _error_fields(body, redact=self._redact_secrets)
+        error = _error_for_status(status, upstream_code, message, ids)
+        # A refusal (worker_not_found, worker_not_running) is the runtime doing its job; a 401 or a 5xx is not.
+        level = logging.WARNING if isinstance(error, TRANSPORT_FAILURES) else logging.INFO
+        logger.log(
+            level,
             "runtimes.client.upstream_status",
-            extra={"runtime_id": self.runtime_id, "worker_id": worker_id, "status": status, "upstream_code": code},
+            extra={
+                **ids,
+                "code": error.code,
+                "reason": f"http_{status}",
+                "status": status,
+                "upstream_code": upstream_code,
+            },
         )
-        if 300 <= status < 400:
-            return RuntimeBadResponse(**ids)  # redirects are never followed
-        if status in (401, 403):
-            return RuntimeAuthFailed(**ids)
-        if status == 404:
-            if worker_id is not None and code == "worker_not_found":
-                return WorkerNotFound(**ids)
-            return RuntimeUnsupported(**ids)
-        if status in (405, 501):
-            return RuntimeUnsupported(**ids)
-        if status == 413:
-            return RuntimeRejected(
-                upstream_code=code or "payload_too_large", upstream_status=status, detail=message, **ids
-            )
-        if 400 <= status < 500:
-            return RuntimeRejected(upstream_code=code or "unknown", upstream_status=status, detail=message, **ids)
-        return RuntimeBadResponse(**ids)
+        return error
+
+
+def _error_for_exception(exc: BaseException, ids: dict[str, Any]) -> YoiError:
+    """The typed error of a transport exception (its text is never read: it holds the URL)."""
+    if _is_timeout(exc):
+        return RuntimeTimeout(**ids)
+    if isinstance(exc, _UNREACHABLE_ERRORS):
+        return RuntimeUnreachable(**ids)
+    # Anything else requests/urllib3 raise (decoding, invalid headers, ...) is a broken answer.
+    return RuntimeBadResponse(**ids)
+
+
+def _error_for_status(status: int, code: str | None, message: str, ids: dict[str, Any]) -> YoiError:
+    """The typed error of a non-2xx answer (docs/api.md's error table)."""
+    if 300 <= status < 400:
+        return RuntimeBadResponse(**ids)  # redirects are never followed
+    if status in (401, 403):
+        return RuntimeAuthFailed(**ids)
+    if status == 404:
+        if ids.get("worker_id") is not None and code == "worker_not_found":
+            return WorkerNotFound(**ids)
+        return RuntimeUnsupported(**ids)
+    if status in (405, 501):
+        return RuntimeUnsupported(**ids)
+    if status == 413:
+        return RuntimeRejected(
+            upstream_code=code or "payload_too_large", upstream_status=status, detail=message, **ids
+        )
+    if 400 <= status < 500:
+        return RuntimeRejected(upstream_code=code or "unknown", upstream_status=status, detail=message, **ids)
+    return RuntimeBadResponse(**ids)
 
 
 def _set_read_timeout(response: requests.Response, timeout: float) -> None:
@@ -528,7 +565,10 @@ class ClientEventStream:
                 except _StreamCut as exc:
                     if self.closed:
                         return
-                    logger.warning("runtimes.client.stream_cut", extra=ids)
+                    logger.warning(
+                        "runtimes.client.stream_cut",
+                        extra={**ids, "code": RuntimeUnreachable.code, "reason": "cut_mid_event"},
+                    )
                     raise RuntimeUnreachable(**ids) from exc
                 except _EventTooLarge as exc:
                     if self.closed:

@@ -124,7 +124,10 @@ class EmbeddedRuntimeHandle:
     def _store_unavailable(self) -> RuntimeUnreachable:
         """The typed error of a store that cannot be used. The message of a StoreError or OSError names
         paths: it stays out of logs and answers."""
-        logger.warning("runtimes.embedded.store_unavailable", extra={"runtime_id": self.runtime_id})
+        logger.warning(
+            "runtimes.embedded.store_unavailable",
+            extra={"runtime_id": self.runtime_id, "code": RuntimeUnreachable.code, "reason": "store_unusable"},
+        )
         return RuntimeUnreachable(
             runtime_id=self.runtime_id,
             message=f"embedded runtime {self.runtime_id} is unavailable: its store is in use or unreadable",
@@ -133,7 +136,10 @@ class EmbeddedRuntimeHandle:
     def _store_not_owned(self) -> StoreNotOwned:
         """The store is locked by another process: the one that serves this runtime (a second process, such
         as a management command, cannot use it while that one runs)."""
-        logger.info("runtimes.embedded.store_not_owned", extra={"runtime_id": self.runtime_id})
+        logger.info(
+            "runtimes.embedded.store_not_owned",
+            extra={"runtime_id": self.runtime_id, "code": StoreNotOwned.code, "reason": "store_locked"},
+        )
         return StoreNotOwned(
             runtime_id=self.runtime_id,
             message=f"embedded runtime {self.runtime_id} is served by another process: its store is locked",
