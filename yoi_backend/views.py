@@ -73,7 +73,10 @@ def readyz(request: HttpRequest) -> HttpResponse:
     }
     if failing:
         body["failing"] = failing
-    return JsonResponse(body, status=503 if failing else 200)
+    response = JsonResponse(body, status=503 if failing else 200)
+    # An answer, not an error: an orchestrator polls this every few seconds while the process drains.
+    response._has_been_logged = True  # type: ignore[attr-defined]  # read by django.utils.log
+    return response
 
 
 def metrics(request: HttpRequest) -> HttpResponse:

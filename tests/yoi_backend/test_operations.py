@@ -210,6 +210,6 @@ async def test_a_socket_gets_a_request_id_in_its_error_frame_and_is_counted(user
     assert frame["error"]["code"] == "runtime_not_found" and frame["error"]["request_id"] == "socket-req-7"
     closed = await communicator.receive_output(timeout=10)
     assert closed == {"type": "websocket.close", "code": 4404}
-    await communicator.wait(timeout=10)
+    await communicator.disconnect(code=1000, timeout=10)  # the browser answers the close
     assert sample("yoi_ws_closes_total", code="4404") == closes + 1
     assert sample("yoi_ws_connections_open") == 0
