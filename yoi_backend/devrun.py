@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from yoi_backend.dotenv import load_dotenv
+
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 RUNTIMES_FIXTURE = ROOT / "fixtures" / "runtimes.example.toml"
@@ -152,6 +154,7 @@ class Supervised:
 
 def main() -> None:
     """Run everything until interrupted."""
+    load_dotenv()  # the ports and settings of a .env file, under what the environment says
     http_port = env_port("YOI_HTTP_PORT", DEFAULT_HTTP_PORT)
     runtime_port = env_port("YOI_LOCAL_RUNTIME_PORT", DEFAULT_LOCAL_RUNTIME_PORT)
     data_dir = Path(os.environ.get("YOI_DATA_DIR", ROOT / "var")).resolve()

@@ -1,7 +1,9 @@
 """Env-driven settings: DJANGO_* for Django's own, YOI_* for ours, DATABASE_URL, REDIS_URL.
 
-Every value comes from the environment with a safe development default; a malformed value fails fast with
-ImproperlyConfigured instead of starting a half-configured service.
+Values come from the environment, and from a ``.env`` file in the repository root when there is one
+(``YOI_ENV_FILE`` names another); the environment wins over the file. Every value has a safe development
+default (``.env.example`` lists them all); a malformed value fails fast with ImproperlyConfigured instead
+of starting a half-configured service. Parsing is django-environ's.
 """
 
 from __future__ import annotations
@@ -10,86 +12,82 @@ import os
 from pathlib import Path
 
 import dj_database_url
+import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from yoi_backend.dotenv import load_dotenv
+
 BASE_DIR = Path(__file__).resolve().parent.parent
+load_dotenv()
+
+env = environ.Env()
+_BOOL_WORDS = frozenset({"1", "0", "true", "false", "yes", "no", "on", "off"})
 
 
-def env_str(name: str, default: str) -> str:
-    """Read a string setting from the environment."""
-    return os.environ.get(name, default)
+def bool_setting(name: str, default: bool) -> bool:
+    """A boolean (1/0, true/false, yes/no, on/off): environ's parsing, but anything else fails fast."""
+    raw = env.str(name, default="").strip().lower()
+    if raw and raw not in _BOOL_WORDS:
+        raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
+    return bool(env.bool(name)) if raw else default
 
 
-def env_bool(name: str, default: bool) -> bool:
-    """Read a boolean setting (1/0, true/false, yes/no, on/off)."""
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    value = raw.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off"}:
-        return False
-    raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
-
-
-def env_float(name: str, default: float) -> float:
-    """Read a positive float setting."""
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
+def number_setting(name: str, default: float, *, allow_zero: bool = False) -> float:
+    """A positive number (or zero with ``allow_zero``), failing fast on anything else."""
+    if not env.str(name, default=""):
         return default
     try:
-        value = float(raw)
+        value = float(env.float(name))
     except ValueError as exc:
-        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from exc
-    if value <= 0:
-        raise ImproperlyConfigured(f"{name} must be positive, got {raw!r}")
+        raise ImproperlyConfigured(f"{name} must be a number, got {env.str(name)!r}") from exc
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ImproperlyConfigured(f"{name} must be {'>= 0' if allow_zero else 'positive'}, got {value:g}")
     return value
 
 
-def env_list(name: str, default: list[str]) -> list[str]:
-    """Read a comma-separated list setting."""
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    return [item.strip() for item in raw.split(",") if item.strip()]
+def list_setting(name: str, default: list[str]) -> list[str]:
+    """A comma-separated list, items trimmed, empty ones dropped."""
+    return [item.strip() for item in env.list(name, default=default) if item.strip()]
 
 
-DEBUG = env_bool("DJANGO_DEBUG", True)
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+def secret_setting(name: str) -> str:
+    """A secret, taken as it is: environ would read a value starting with ``$`` as another variable's name."""
+    return os.environ.get(name, "")
+
+
+DEBUG = bool_setting("DJANGO_DEBUG", True)
+SECRET_KEY = secret_setting("DJANGO_SECRET_KEY")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG=0")
     SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"  # noqa: S105 - development default
 
-ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
-CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+ALLOWED_HOSTS = list_setting("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = list_setting("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
-YOI_DATA_DIR = Path(env_str("YOI_DATA_DIR", str(BASE_DIR / "var"))).resolve()
-YOI_RUNTIMES_CONFIG = env_str("YOI_RUNTIMES_CONFIG", "")
+YOI_DATA_DIR = Path(env.str("YOI_DATA_DIR", default="") or BASE_DIR / "var").resolve()
+YOI_RUNTIMES_CONFIG = env.str("YOI_RUNTIMES_CONFIG", default="")
 # How long cached runtime status stays fresh before a detail read refreshes it.
-YOI_STATUS_STALE_SECONDS = env_float("YOI_STATUS_STALE_SECONDS", 30.0)
+YOI_STATUS_STALE_SECONDS = number_setting("YOI_STATUS_STALE_SECONDS", 30.0)
 # How often a running process re-reads runtime rows to pick up admin / sync changes.
-YOI_REGISTRY_REFRESH_SECONDS = env_float("YOI_REGISTRY_REFRESH_SECONDS", 2.0)
+YOI_REGISTRY_REFRESH_SECONDS = number_setting("YOI_REGISTRY_REFRESH_SECONDS", 2.0)
 # Threads serving HTTP requests (yoi_backend/handler.py). A request holds its thread while it waits on a
 # runtime, so this bounds how many requests can wait at once; each thread keeps one database connection.
-YOI_HTTP_THREADS = int(env_float("YOI_HTTP_THREADS", 128))
+YOI_HTTP_THREADS = int(number_setting("YOI_HTTP_THREADS", 128))
 # The event relay (workers/relay.py): how long an upstream outlives its last browser, how many frames a
 # browser may have queued before it is sent a reset, the per-worker replay buffer, and reconnect backoff.
-YOI_RELAY_LINGER_SECONDS = env_float("YOI_RELAY_LINGER_SECONDS", 2.0)
-YOI_RELAY_SUBSCRIBER_FRAMES = int(env_float("YOI_RELAY_SUBSCRIBER_FRAMES", 2048))
-YOI_RELAY_BUFFER_EVENTS = int(env_float("YOI_RELAY_BUFFER_EVENTS", 4096))
-YOI_RELAY_BACKOFF_BASE = env_float("YOI_RELAY_BACKOFF_BASE", 0.5)
-YOI_RELAY_BACKOFF_CAP = env_float("YOI_RELAY_BACKOFF_CAP", 15.0)
+YOI_RELAY_LINGER_SECONDS = number_setting("YOI_RELAY_LINGER_SECONDS", 2.0)
+YOI_RELAY_SUBSCRIBER_FRAMES = int(number_setting("YOI_RELAY_SUBSCRIBER_FRAMES", 2048))
+YOI_RELAY_BUFFER_EVENTS = int(number_setting("YOI_RELAY_BUFFER_EVENTS", 4096))
+YOI_RELAY_BACKOFF_BASE = number_setting("YOI_RELAY_BACKOFF_BASE", 0.5)
+YOI_RELAY_BACKOFF_CAP = number_setting("YOI_RELAY_BACKOFF_CAP", 15.0)
 
 # How often a serving process re-probes runtimes whose breaker half-opened (runtimes/health.py); 0 = never.
-YOI_HEALTH_MONITOR_SECONDS = float(env_str("YOI_HEALTH_MONITOR_SECONDS", "1") or "1")
-if YOI_HEALTH_MONITOR_SECONDS < 0:
-    raise ImproperlyConfigured("YOI_HEALTH_MONITOR_SECONDS must be >= 0")
+YOI_HEALTH_MONITOR_SECONDS = number_setting("YOI_HEALTH_MONITOR_SECONDS", 1.0, allow_zero=True)
 # /metrics (Prometheus) answers only with "Authorization: Bearer <this>"; unset, the endpoint is off (404).
-YOI_METRICS_TOKEN = env_str("YOI_METRICS_TOKEN", "")
+YOI_METRICS_TOKEN = secret_setting("YOI_METRICS_TOKEN")
 # "plain" (the event name, then key=value fields) or "json" (one JSON object per line).
-YOI_LOG_FORMAT = env_str("YOI_LOG_FORMAT", "plain").strip().lower()
+YOI_LOG_FORMAT = (env.str("YOI_LOG_FORMAT", default="") or "plain").strip().lower()
 if YOI_LOG_FORMAT not in {"plain", "json"}:
     raise ImproperlyConfigured(f"YOI_LOG_FORMAT must be plain or json, got {YOI_LOG_FORMAT!r}")
 
@@ -146,7 +144,7 @@ TEMPLATES = [
 
 DATABASES = {
     "default": dj_database_url.parse(
-        env_str("DATABASE_URL", f"sqlite:///{YOI_DATA_DIR / 'db.sqlite3'}"), conn_max_age=60
+        env.str("DATABASE_URL", default="") or f"sqlite:///{YOI_DATA_DIR / 'db.sqlite3'}", conn_max_age=60
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -162,7 +160,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-REDIS_URL = env_str("REDIS_URL", "")
+REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
@@ -174,7 +172,7 @@ else:
 # cache hit, not a query). With REDIS_URL (several processes) the cache is Redis, shared by all; without
 # it each process keeps sessions in memory for at most YOI_SESSION_CACHE_SECONDS, so a session ended
 # elsewhere (another process, a management command) stops working here within that time.
-YOI_SESSION_CACHE_SECONDS = env_float("YOI_SESSION_CACHE_SECONDS", 5.0)
+YOI_SESSION_CACHE_SECONDS = number_setting("YOI_SESSION_CACHE_SECONDS", 5.0)
 CACHES: dict[str, dict[str, object]]
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
@@ -199,7 +197,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = Path(env_str("DJANGO_STATIC_ROOT", str(YOI_DATA_DIR / "static")))
+STATIC_ROOT = Path(env.str("DJANGO_STATIC_ROOT", default="") or YOI_DATA_DIR / "static")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
@@ -294,7 +292,7 @@ LOGGING = {
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": YOI_LOG_FORMAT, "filters": ["request_id"]}
     },
-    "root": {"handlers": ["console"], "level": env_str("YOI_LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": env.str("YOI_LOG_LEVEL", default="") or "INFO"},
     "loggers": {
         "django.request": {"level": "ERROR"},
         # urllib3 names the runtime host in its own log lines (pool warnings, debug): runtime
