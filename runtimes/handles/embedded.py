@@ -44,6 +44,7 @@ from worker_runtime.store import FsStore
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+E = TypeVar("E", bound=RuntimeUnreachable)
 FINAL_EVENT = "worker_exited"
 
 
@@ -124,26 +125,23 @@ class EmbeddedRuntimeHandle:
     def _store_unavailable(self) -> RuntimeUnreachable:
         """The typed error of a store that cannot be used. The message of a StoreError or OSError names
         paths: it stays out of logs and answers."""
-        logger.warning(
-            "runtimes.embedded.store_unavailable",
-            extra={"runtime_id": self.runtime_id, "code": RuntimeUnreachable.code, "reason": "store_unusable"},
-        )
-        return RuntimeUnreachable(
-            runtime_id=self.runtime_id,
-            message=f"embedded runtime {self.runtime_id} is unavailable: its store is in use or unreadable",
+        return self._store_error(
+            RuntimeUnreachable, "store_unusable", "is unavailable: its store is in use or unreadable"
         )
 
     def _store_not_owned(self) -> StoreNotOwned:
         """The store is locked by another process: the one that serves this runtime (a second process, such
         as a management command, cannot use it while that one runs)."""
-        logger.info(
-            "runtimes.embedded.store_not_owned",
-            extra={"runtime_id": self.runtime_id, "code": StoreNotOwned.code, "reason": "store_locked"},
+        return self._store_error(
+            StoreNotOwned, "store_locked", "is served by another process: its store is locked"
         )
-        return StoreNotOwned(
-            runtime_id=self.runtime_id,
-            message=f"embedded runtime {self.runtime_id} is served by another process: its store is locked",
+
+    def _store_error(self, error: type[E], reason: str, what: str) -> E:
+        logger.warning(
+            "runtimes.embedded.store_unavailable",
+            extra={"runtime_id": self.runtime_id, "code": error.code, "reason": reason},
         )
+        return error(runtime_id=self.runtime_id, message=f"embedded runtime {self.runtime_id} {what}")
 
     def _call(self, operation: Callable[[WorkerRuntime], T], *, route: str, worker_id: str | None = None) -> T:
         """Run ``operation`` on the core, typed like a remote answer and counted like an upstream request."""

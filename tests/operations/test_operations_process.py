@@ -31,7 +31,14 @@ from tests.backend_process import (
     start_backend,
     sync_runtimes,
 )
-from tests.runtime_process import RuntimeProcess, example_config, kill_spawned_since, spawned_count, start_runtime
+from tests.runtime_process import (
+    RuntimeProcess,
+    example_config,
+    kill_spawned_since,
+    spawned_count,
+    start_runtime,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -111,17 +118,6 @@ def launch(tmp_path: Path, spawned: None) -> Iterator[Any]:
         backend.kill()
 
 
-def wait_for(predicate: Any, *, timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
-        time.sleep(interval)
-
-
 def key(name: str, **labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     return name, tuple(sorted(labels.items()))
 
@@ -168,10 +164,10 @@ def test_a_scripted_run_shows_in_the_series(launch: Any, tmp_path: Path) -> None
     worker_id = created.json()["worker_id"]
     for text in ("two", "three"):
         assert site.api("POST", f"/api/v1/runtimes/good/workers/{worker_id}/input/", {"content": text}).ok
-    wait_for(
+    wait_until(
         lambda: (site.api("GET", f"/api/v1/runtimes/good/workers/{worker_id}/").json()["last_seq"] or 0) >= 8,
         timeout=20,
-        what="the echo worker's answers",
+        message="the echo worker's answers",
     )
     socket_url = site.url(f"/ws/runtimes/good/workers/{worker_id}/events/?after=0").replace("http://", "ws://")
     headers = {
@@ -188,10 +184,10 @@ def test_a_scripted_run_shows_in_the_series(launch: Any, tmp_path: Path) -> None
     reset = next(frame for frame in frames if frame["type"] == "reset")
     assert reset["reason"] == "history_expired"
 
-    values = wait_for(
+    values = wait_until(
         lambda: (v := site.metrics()).get(key("yoi_ws_connections_open"), 1) == 0 and v,
         timeout=10,
-        what="the socket to be counted closed",
+        message="the socket to be counted closed",
     )
     upstream = "yoi_upstream_requests_total"
     assert values[key(upstream, runtime_id="refusing", route="summary", code="runtime_auth_failed")] == 1
@@ -221,10 +217,10 @@ def test_sigterm_turns_readyz_unready_first_and_then_exits(launch: Any) -> None:
     site = launch(EMBEDDED_ROW, tokens={}, extra={"YOI_DRAIN_DELAY_SECONDS": "3", "YOI_DRAIN_GRACE_SECONDS": "2"})
     assert requests.get(site.url("/readyz"), timeout=HTTP_TIMEOUT).json()["status"] == "ready"
     site.backend.proc.send_signal(signal.SIGTERM)
-    [unready] = wait_for(
+    [unready] = wait_until(
         lambda: (r := requests.get(site.url("/readyz"), timeout=HTTP_TIMEOUT)).status_code == 503 and [r],
         timeout=3,
-        what="/readyz to answer 503",
+        message="/readyz to answer 503",
     )
     assert unready.json()["failing"] == ["draining"]
     assert requests.get(site.url("/livez"), timeout=HTTP_TIMEOUT).status_code == 200
@@ -244,10 +240,10 @@ def test_a_killed_runtime_that_comes_back_is_online_without_a_browser_call(launc
     runtime = runtime.restart()
     restarted = time.monotonic()
     # From here on only /metrics is read: no browser call reaches the runtime.
-    wait_for(
+    wait_until(
         lambda: site.metrics()[key("yoi_runtime_up", runtime_id="rt-1")] == 1.0,
         timeout=BASE_COOLDOWN + 5,
-        what="the runtime to be marked online again",
+        message="the runtime to be marked online again",
         interval=0.2,
     )
     recovered_in = time.monotonic() - restarted
