@@ -12,6 +12,7 @@ this process, for the admin's operator view (``stream_counts``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 # Upstream and API latencies: loopback answers take a millisecond, a dead runtime its read timeout.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+CHILD_CACHE = 4096
 BREAKER_STATE_VALUES = {"closed": 0.0, "half_open": 0.5, "open": 1.0}
 # Reset reasons the Backend itself sends; anything else a runtime reports is counted as "other".
 KNOWN_RESET_REASONS = frozenset(
@@ -70,10 +72,18 @@ WS_OPEN = Gauge("yoi_ws_connections_open", "Browser WebSocket connections accept
 WS_CLOSES = Counter("yoi_ws_closes_total", "Browser WebSocket connections ended, by close code.", ["code"])
 
 
+# The labelled children of the hot-path series, looked up once per label set (``labels()`` validates and
+# locks on every call); the label sets are bounded, and so are these caches.
+_upstream_count = functools.lru_cache(maxsize=CHILD_CACHE)(UPSTREAM_REQUESTS.labels)
+_upstream_time = functools.lru_cache(maxsize=CHILD_CACHE)(UPSTREAM_DURATION.labels)
+_api_count = functools.lru_cache(maxsize=CHILD_CACHE)(API_REQUESTS.labels)
+_api_time = functools.lru_cache(maxsize=CHILD_CACHE)(API_DURATION.labels)
+
+
 def observe_upstream(runtime_id: str, route: str, code: str, seconds: float) -> None:
     """One request to a runtime ended: ``code`` is ``ok`` or the typed error's code."""
-    UPSTREAM_REQUESTS.labels(runtime_id, route, code).inc()
-    UPSTREAM_DURATION.labels(runtime_id, route).observe(seconds)
+    _upstream_count(runtime_id, route, code).inc()
+    _upstream_time(runtime_id, route).observe(seconds)
 
 
 @contextmanager
@@ -93,8 +103,8 @@ def upstream_request(runtime_id: str, route: str) -> Iterator[None]:
 
 def observe_api(route: str, method: str, status: int, seconds: float) -> None:
     """One HTTP response was built."""
-    API_REQUESTS.labels(route, method, str(status)).inc()
-    API_DURATION.labels(route, method).observe(seconds)
+    _api_count(route, method, str(status)).inc()
+    _api_time(route, method).observe(seconds)
 
 
 def breaker_tripped(runtime_id: str) -> None:
