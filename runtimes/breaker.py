@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from runtimes import metrics
 from runtimes.errors import RuntimeCircuitOpen
 
 FAILURE_THRESHOLD = 5
@@ -80,9 +81,20 @@ class CircuitBreaker:
         """A call failed in a way that says the runtime is unhealthy."""
         with self._lock:
             self._failures += 1
+            tripped = False
             if self._trial_in_flight:
                 self._cooldown = min(self._cooldown * 2, self._max_cooldown)
                 self._opened_at = self._clock()
+                tripped = True
             elif self._opened_at is None and self._failures >= self._threshold:
                 self._opened_at = self._clock()
+                tripped = True
+            self._trial_in_flight = False
+        if tripped:
+            metrics.breaker_tripped(self.runtime_id)
+
+    def record_inconclusive(self) -> None:
+        """A call ended without saying anything about the runtime (this process could not make it): a
+        half-open trial is given back, nothing else changes."""
+        with self._lock:
             self._trial_in_flight = False

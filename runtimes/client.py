@@ -29,7 +29,10 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from runtimes import metrics
 from runtimes.errors import (
+    TRANSPORT_FAILURES,
+    CredentialUnavailable,
     IdempotencyKeyReused,
     InvalidRequest,
     RuntimeAuthFailed,
@@ -67,6 +70,18 @@ PATH_WORKER_EVENTS = "/v1/workers/{worker_id}/events"
 IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
 # The SSE response header naming the epoch of the worker event log a stream comes from.
 HEADER_STREAM_EPOCH = "Yoi-Stream-Epoch"
+# Route names of the metrics: the RuntimeHandle method each request serves (the embedded handle uses the same).
+ROUTE_NAMES: dict[tuple[str, str], str] = {
+    ("GET", PATH_RUNTIME): "summary",
+    ("GET", PATH_WORKERS): "list_workers",
+    ("POST", PATH_WORKERS): "create_worker",
+    ("GET", PATH_WORKER): "get_worker",
+    ("POST", PATH_WORKER_INPUT): "send_input",
+    ("POST", PATH_WORKER_STOP): "stop_worker",
+    ("POST", PATH_WORKER_CANCEL): "cancel_worker",
+    ("GET", PATH_WORKER_TRANSCRIPT): "transcript",
+    ("GET", PATH_WORKER_EVENTS): "open_events",
+}
 
 # A token goes into a header: printable ASCII without spaces, or it is not a usable credential.
 _TOKEN_RE = re.compile(r"[\x21-\x7e]+")
@@ -177,17 +192,17 @@ class RemoteRuntimeClient:
         if body is not None:
             data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
             headers["Content-Type"] = "application/json"
-        started = time.monotonic()
-        deadline = started + self.connect_timeout + self.read_timeout
-        response = self._send(method, url, headers=headers, worker_id=worker_id, data=data, params=params)
-        try:
-            raw = self._read_body(response, deadline=deadline, worker_id=worker_id)
-        finally:
-            response.close()
-        status = response.status_code
-        if not 200 <= status < 300:
-            raise self._map_failure(status=status, body=raw, worker_id=worker_id)
-        return status, self._json_object(raw, worker_id=worker_id)
+        deadline = time.monotonic() + self.connect_timeout + self.read_timeout
+        with metrics.upstream_request(self.runtime_id, ROUTE_NAMES.get((method, path), "other")):
+            response = self._send(method, url, headers=headers, worker_id=worker_id, data=data, params=params)
+            try:
+                raw = self._read_body(response, deadline=deadline, worker_id=worker_id)
+            finally:
+                response.close()
+            status = response.status_code
+            if not 200 <= status < 300:
+                raise self._map_failure(status=status, body=raw, worker_id=worker_id)
+            return status, self._json_object(raw, worker_id=worker_id)
 
     def _send(
         self,
@@ -229,21 +244,22 @@ class RemoteRuntimeClient:
         if after is not None:
             headers["Last-Event-ID"] = str(after)
         deadline = time.monotonic() + self.connect_timeout + self.read_timeout
-        response = self._send("GET", url, headers=headers, worker_id=worker_id)
-        status = response.status_code
-        # The head came within the read timeout; from here on silence is only fatal past the idle timeout.
-        _set_read_timeout(response, self.stream_idle_timeout)
-        if not 200 <= status < 300:
-            try:
-                raw = self._read_body(response, deadline=deadline, worker_id=worker_id)
-            finally:
+        with metrics.upstream_request(self.runtime_id, ROUTE_NAMES[("GET", PATH_WORKER_EVENTS)]):
+            response = self._send("GET", url, headers=headers, worker_id=worker_id)
+            status = response.status_code
+            # The head came within the read timeout; from here on silence is only fatal past the idle timeout.
+            _set_read_timeout(response, self.stream_idle_timeout)
+            if not 200 <= status < 300:
+                try:
+                    raw = self._read_body(response, deadline=deadline, worker_id=worker_id)
+                finally:
+                    response.close()
+                raise self._map_failure(status=status, body=raw, worker_id=worker_id)
+            content_type = response.headers.get("Content-Type", "")
+            if not content_type.lower().startswith("text/event-stream"):
                 response.close()
-            raise self._map_failure(status=status, body=raw, worker_id=worker_id)
-        content_type = response.headers.get("Content-Type", "")
-        if not content_type.lower().startswith("text/event-stream"):
-            response.close()
-            self._log_bad_response("not_event_stream", worker_id)
-            raise RuntimeBadResponse(runtime_id=self.runtime_id, worker_id=worker_id)
+                self._log_bad_response("not_event_stream", worker_id)
+                raise RuntimeBadResponse(runtime_id=self.runtime_id, worker_id=worker_id)
         return ClientEventStream(self, response, worker_id=worker_id)
 
     # ----------------------------------------------------------------------------------------- internals
@@ -259,10 +275,21 @@ class RemoteRuntimeClient:
         return self._base_url + path
 
     def _headers(self, *, accept: str) -> dict[str, str]:
-        token = self._token_provider()  # may raise RuntimeAuthFailed: no request is made then
+        try:
+            token = self._token_provider()
+        except RuntimeAuthFailed as exc:
+            # No request is made: this process cannot resolve the credential, which says nothing of the runtime.
+            raise CredentialUnavailable(runtime_id=self.runtime_id, message=exc.message) from None
         if not isinstance(token, str) or _TOKEN_RE.fullmatch(token) is None:
-            logger.warning("runtimes.client.token_unusable", extra={"runtime_id": self.runtime_id})
-            raise RuntimeAuthFailed(runtime_id=self.runtime_id)
+            logger.warning(
+                "runtimes.client.token_unusable",
+                extra={
+                    "runtime_id": self.runtime_id,
+                    "code": RuntimeAuthFailed.code,
+                    "reason": "not_a_header_value",
+                },
+            )
+            raise CredentialUnavailable(runtime_id=self.runtime_id)
         return {
             "Authorization": f"Bearer {token}",
             "Accept": accept,
@@ -283,7 +310,12 @@ class RemoteRuntimeClient:
                 if time.monotonic() > deadline:
                     logger.warning(
                         "runtimes.client.deadline_exceeded",
-                        extra={"runtime_id": self.runtime_id, "worker_id": worker_id},
+                        extra={
+                            "runtime_id": self.runtime_id,
+                            "worker_id": worker_id,
+                            "code": RuntimeTimeout.code,
+                            "reason": "body_deadline",
+                        },
                     )
                     raise RuntimeTimeout(runtime_id=self.runtime_id, worker_id=worker_id)
                 # read1: at most one recv, so the deadline is checked between the bytes of a slow drip.
@@ -325,7 +357,12 @@ class RemoteRuntimeClient:
     def _log_bad_response(self, reason: str, worker_id: str | None) -> None:
         logger.warning(
             "runtimes.client.bad_response",
-            extra={"runtime_id": self.runtime_id, "worker_id": worker_id, "reason": reason},
+            extra={
+                "runtime_id": self.runtime_id,
+                "worker_id": worker_id,
+                "code": RuntimeBadResponse.code,
+                "reason": reason,
+            },
         )
 
     def _map_failure(
@@ -344,42 +381,61 @@ class RemoteRuntimeClient:
         if exc is not None:
             if isinstance(exc, YoiError):
                 return exc
+            error = _error_for_exception(exc, ids)
             logger.warning(
-                "runtimes.client.transport_error",
-                extra={"runtime_id": self.runtime_id, "worker_id": worker_id, "error_class": type(exc).__name__},
+                "runtimes.client.transport_error", extra={**ids, "code": error.code, "reason": type(exc).__name__}
             )
-            if _is_timeout(exc):
-                return RuntimeTimeout(**ids)
-            if isinstance(exc, _UNREACHABLE_ERRORS):
-                return RuntimeUnreachable(**ids)
-            # Anything else requests/urllib3 raise (decoding, invalid headers, ...) is a broken answer.
-            return RuntimeBadResponse(**ids)
-
+            return error
         assert status is not None
-        code, message = _error_fields(body, redact=self._redact_secrets)
-        logger.info(
+        upstream_code, message = _error_fields(body, redact=self._redact_secrets)
+        error = _error_for_status(status, upstream_code, message, ids)
+        # A refusal (worker_not_found, worker_not_running) is the runtime doing its job; a 401 or a 5xx is not.
+        level = logging.WARNING if isinstance(error, TRANSPORT_FAILURES) else logging.INFO
+        logger.log(
+            level,
             "runtimes.client.upstream_status",
-            extra={"runtime_id": self.runtime_id, "worker_id": worker_id, "status": status, "upstream_code": code},
+            extra={
+                **ids,
+                "code": error.code,
+                "reason": f"http_{status}",
+                "status": status,
+                "upstream_code": upstream_code,
+            },
         )
-        if 300 <= status < 400:
-            return RuntimeBadResponse(**ids)  # redirects are never followed
-        if status in (401, 403):
-            return RuntimeAuthFailed(**ids)
-        if status == 404:
-            if worker_id is not None and code == "worker_not_found":
-                return WorkerNotFound(**ids)
-            return RuntimeUnsupported(**ids)
-        if status in (405, 501):
-            return RuntimeUnsupported(**ids)
-        if status == 422 and code == IDEMPOTENCY_KEY_REUSED:
-            return IdempotencyKeyReused(**ids)  # the caller's key, not the runtime, is at fault
-        if status == 413:
-            return RuntimeRejected(
-                upstream_code=code or "payload_too_large", upstream_status=status, detail=message, **ids
-            )
-        if 400 <= status < 500:
-            return RuntimeRejected(upstream_code=code or "unknown", upstream_status=status, detail=message, **ids)
-        return RuntimeBadResponse(**ids)
+        return error
+
+
+def _error_for_exception(exc: BaseException, ids: dict[str, Any]) -> YoiError:
+    """The typed error of a transport exception (its text is never read: it holds the URL)."""
+    if _is_timeout(exc):
+        return RuntimeTimeout(**ids)
+    if isinstance(exc, _UNREACHABLE_ERRORS):
+        return RuntimeUnreachable(**ids)
+    # Anything else requests/urllib3 raise (decoding, invalid headers, ...) is a broken answer.
+    return RuntimeBadResponse(**ids)
+
+
+def _error_for_status(status: int, code: str | None, message: str, ids: dict[str, Any]) -> YoiError:
+    """The typed error of a non-2xx answer (docs/api.md's error table)."""
+    if 300 <= status < 400:
+        return RuntimeBadResponse(**ids)  # redirects are never followed
+    if status in (401, 403):
+        return RuntimeAuthFailed(**ids)
+    if status == 404:
+        if ids.get("worker_id") is not None and code == "worker_not_found":
+            return WorkerNotFound(**ids)
+        return RuntimeUnsupported(**ids)
+    if status in (405, 501):
+        return RuntimeUnsupported(**ids)
+    if status == 422 and code == IDEMPOTENCY_KEY_REUSED:
+        return IdempotencyKeyReused(**ids)  # the caller's key, not the runtime, is at fault
+    if status == 413:
+        return RuntimeRejected(
+            upstream_code=code or "payload_too_large", upstream_status=status, detail=message, **ids
+        )
+    if 400 <= status < 500:
+        return RuntimeRejected(upstream_code=code or "unknown", upstream_status=status, detail=message, **ids)
+    return RuntimeBadResponse(**ids)
 
 
 def _set_read_timeout(response: requests.Response, timeout: float) -> None:
@@ -518,7 +574,10 @@ class ClientEventStream:
                 except _StreamCut as exc:
                     if self.closed:
                         return
-                    logger.warning("runtimes.client.stream_cut", extra=ids)
+                    logger.warning(
+                        "runtimes.client.stream_cut",
+                        extra={**ids, "code": RuntimeUnreachable.code, "reason": "cut_mid_event"},
+                    )
                     raise RuntimeUnreachable(**ids) from exc
                 except _EventTooLarge as exc:
                     if self.closed:

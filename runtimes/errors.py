@@ -139,11 +139,23 @@ class RuntimeAuthFailed(YoiError):
     template = "the Backend could not authenticate to runtime {runtime_id}"
 
 
+class CredentialUnavailable(RuntimeAuthFailed):
+    """This process cannot resolve or use the runtime's credential: no request was made. A browser sees
+    ``runtime_auth_failed``; health code treats it as a fact about this process, not about the runtime."""
+
+    template = "credential for runtime {runtime_id} is not configured"
+
+
 class RuntimeBadResponse(YoiError):
     """Non-JSON, wrong shape, oversized body, unexpected 5xx, or a runtime reporting another identity."""
 
     code, status, retryable = "runtime_bad_response", 502, True
     template = "runtime {runtime_id} sent an invalid response"
+
+
+class StoreNotOwned(RuntimeUnreachable):
+    """An embedded runtime's store is held by another process (the one that serves it): unreachable from
+    here, which says nothing about the runtime."""
 
 
 class RuntimeDisabled(YoiError):
@@ -202,3 +214,6 @@ TRANSPORT_FAILURES: tuple[type[YoiError], ...] = (
     RuntimeBadResponse,
     RuntimeAuthFailed,
 )
+# Failures of this process's own setup (its environment, its files) rather than of the runtime: they are
+# reported where they happen and never written to the runtime's shared row nor counted by its breaker.
+LOCAL_FAILURES: tuple[type[YoiError], ...] = (CredentialUnavailable, StoreNotOwned)

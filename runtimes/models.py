@@ -189,3 +189,32 @@ class AuditEvent(models.Model):
             f"<AuditEvent action={self.action!r} runtime_id={self.runtime_id!r} "
             f"worker_id={self.worker_id!r} outcome={self.outcome!r}>"
         )
+
+
+class ProbeRecord(models.Model):
+    """One probe of a runtime and what it found: the recent history the admin shows (the newest
+    ``PROBE_HISTORY`` per runtime are kept)."""
+
+    class Source(models.TextChoices):
+        COMMAND = "command", "probe_runtimes"
+        ADMIN = "admin", "Admin"
+        BACKGROUND = "background", "Background re-probe"
+        REFRESH = "refresh", "Refresh status"
+        STALE = "stale", "Stale read"
+
+    runtime_id = models.CharField(max_length=120)
+    state = models.CharField(max_length=16, help_text="The status the probe found (online, offline, ...).")
+    code = models.CharField(max_length=64, blank=True, help_text="The error code; empty when online.")
+    latency_ms = models.FloatField()
+    source = models.CharField(max_length=16, choices=Source.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["runtime_id", "-created_at"], name="runtimes_probe_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.runtime_id}: {self.state}"
+
+    def __repr__(self) -> str:
+        return f"<ProbeRecord runtime_id={self.runtime_id!r} state={self.state!r} code={self.code!r}>"

@@ -19,7 +19,7 @@ from django.conf import settings
 
 from runtimes.breaker import CircuitBreaker
 from runtimes.bulkhead import DEFAULT_MAX_IN_FLIGHT, Bulkhead
-from runtimes.errors import TRANSPORT_FAILURES, RuntimeDisabled, RuntimeNotFound
+from runtimes.errors import LOCAL_FAILURES, TRANSPORT_FAILURES, RuntimeDisabled, RuntimeNotFound
 from runtimes.handles.base import RuntimeHandle
 
 logger = logging.getLogger(__name__)
@@ -174,6 +174,12 @@ class RuntimeRegistry:
                 bulkhead = self._bulkheads[runtime_id] = Bulkhead(runtime_id, limit=limit)
             return bulkhead
 
+    def breaker_state(self, runtime_id: str) -> str:
+        """The state of a runtime's breaker in this process (``closed`` when none was made yet)."""
+        with self._lock:
+            breaker = self._breakers.get(runtime_id)
+        return "closed" if breaker is None else breaker.state
+
     def call(
         self,
         runtime_id: str,
@@ -197,6 +203,9 @@ class RuntimeRegistry:
                 breaker.before_call()
             try:
                 result = operation(handle)
+            except LOCAL_FAILURES:
+                breaker.record_inconclusive()  # this process's own setup failed: nothing learnt about the runtime
+                raise
             except TRANSPORT_FAILURES:
                 breaker.record_failure()
                 raise

@@ -42,7 +42,8 @@ def validate_token_ref(ref: str) -> None:
 def _not_configured(runtime_id: str, *, ref_kind: str, reason: str) -> RuntimeAuthFailed:
     # Only the ref's kind and a fixed reason go to the log: never the variable name, path or value.
     logger.warning(
-        "runtimes.secret.unresolved", extra={"runtime_id": runtime_id, "ref_kind": ref_kind, "reason": reason}
+        "runtimes.secret.unresolved",
+        extra={"runtime_id": runtime_id, "code": "runtime_auth_failed", "ref_kind": ref_kind, "reason": reason},
     )
     return RuntimeAuthFailed(
         runtime_id=runtime_id, message=f"credential for runtime {runtime_id} is not configured"

@@ -88,8 +88,9 @@ def runtime_list_visible(*, user: RequestUser) -> list[RuntimeView]:
     return _views(visible)
 
 
-def runtime_get_visible(*, runtime_id: str, user: RequestUser) -> RuntimeView:
-    """One runtime; its cached status is refreshed first when older than YOI_STATUS_STALE_SECONDS."""
+def runtime_get_visible(*, runtime_id: str, user: RequestUser, probe: bool = False) -> RuntimeView:
+    """One runtime; its cached status is refreshed first when older than YOI_STATUS_STALE_SECONDS, or in any
+    case with ``probe`` (the console's "Refresh status": a real probe, whatever the breaker says)."""
     from runtimes.health import runtime_probe
 
     connection = runtime_require_visible(runtime_id=runtime_id, user=user)
@@ -99,7 +100,7 @@ def runtime_get_visible(*, runtime_id: str, user: RequestUser) -> RuntimeView:
     view = views[0]
     stale_before = timezone.now() - timedelta(seconds=float(settings.YOI_STATUS_STALE_SECONDS))
     stale = view.checked_at is None or view.checked_at < stale_before
-    if connection.enabled and stale and registry.breaker(runtime_id).state == "closed":
-        runtime_probe(runtime_id=runtime_id)
+    if connection.enabled and (probe or (stale and registry.breaker_state(runtime_id) == "closed")):
+        runtime_probe(runtime_id=runtime_id, source="refresh" if probe else "stale")
         view = _views([runtime_id])[0]
     return view

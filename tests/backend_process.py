@@ -3,7 +3,7 @@
 ``backend_env`` is the environment of a Backend process or a ``manage.py`` run: this one minus the test
 run's own Django/Yoi/database settings, plus the Backend's. ``manage``/``run_manage`` run ``manage.py``
 in it; ``sync_runtimes`` writes a runtimes file and syncs it. ``start_backend`` serves it under daphne on a
-free port and waits (with a deadline) for ``/healthz``; the ``BackendProcess`` handle stops or kills it
+free port and waits (with a deadline) for ``/readyz``; the ``BackendProcess`` handle stops or kills it
 and shows the end of its log. Suites that need more on the handle subclass it, start the process with
 ``spawn_daphne`` and call ``wait_ready`` themselves.
 """
@@ -224,13 +224,13 @@ class BackendProcess:
         return run_manage(*args, env=self.env)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
-        """Poll ``/healthz`` until it answers 200; otherwise kill the process and fail with its output."""
+        """Poll ``/readyz`` until it answers 200; otherwise kill the process and fail with its output."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():
                 raise AssertionError(f"daphne exited with {self.proc.returncode}:\n{self.log_text()}")
             with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{self.base_url}/healthz", timeout=(1, 5)).status_code == 200:
+                if requests.get(f"{self.base_url}/readyz", timeout=(1, 5)).status_code == 200:
                     return
             time.sleep(0.05)
         self.kill()

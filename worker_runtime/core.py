@@ -142,6 +142,9 @@ class WorkerRuntime:
         self._lock = threading.Lock()
         self._workers: dict[str, _Worker] = {}
         self._streams_open = 0
+        # Events made durable since this process opened the runtime (its /metrics counter).
+        self._events_written = 0
+        self._events_lock = threading.Lock()
         self._state = "new"
         # False once close() has released the store: executors still running then must not write to it.
         self._writable = True
@@ -234,6 +237,12 @@ class WorkerRuntime:
             raise RuntimeStopped("the runtime is not running")
 
     # ----------------------------------------------------------------------------------------- queries
+
+    @property
+    def events_written(self) -> int:
+        """Events made durable since this process opened the runtime."""
+        with self._events_lock:
+            return self._events_written
 
     def summary(self) -> dict[str, Any]:
         """The RuntimeSummary of the protocol."""
@@ -488,6 +497,8 @@ class WorkerRuntime:
             for i, (kind, data) in enumerate(items)
         ]
         self._store.append_events(w.record.worker_id, events)
+        with self._events_lock:
+            self._events_written += len(events)
         w.events.extend(events)
         retention = self.config.event_retention
         if len(w.events) > retention + max(1, retention // 4):

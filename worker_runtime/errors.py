@@ -104,3 +104,7 @@ class IdempotencyConflict(RuntimeApiError):
 
 class StoreError(Exception):
     """The store cannot be opened: corrupt snapshot, wrong runtime, or locked by another process."""
+
+
+class StoreLocked(StoreError):
+    """The store is locked by another process: it belongs to that process while it runs."""

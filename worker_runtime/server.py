@@ -13,10 +13,13 @@ import hmac
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import anyio.to_thread
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -51,6 +54,14 @@ UNAUTHORIZED_MESSAGE = "authentication required"
 _UINT_RE = re.compile(r"[0-9]{1,30}")
 
 Answer = tuple[int, dict[str, Any]]
+# The summary's counter of each worker status.
+WORKER_COUNT_KEYS = {
+    "running": "active_worker_count",
+    "stopped": "stopped_worker_count",
+    "cancelled": "cancelled_worker_count",
+    "failed": "failed_worker_count",
+}
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 def _json_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
@@ -131,6 +142,61 @@ class EncodedSlashMiddleware:
                 await _error_response(error)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+# --------------------------------------------------------------------------------------------- metrics
+
+
+class RuntimeMetrics:
+    """The runtime's Prometheus series (``GET /metrics``, behind the bearer token like every route): workers
+    by status, events written, streams open (read from the core at scrape), and request counts and times."""
+
+    def __init__(self, runtime: WorkerRuntime) -> None:
+        self.registry = CollectorRegistry()
+        self._runtime = runtime
+        self.requests = Counter(
+            "yoi_runtime_http_requests_total",
+            "Requests served, by route, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.durations = Histogram(
+            "yoi_runtime_http_request_duration_seconds",
+            "Time to answer a request (to the response head, for event streams).",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(self)
+
+    def describe(self) -> list[Metric]:
+        return []  # collected only when scraped (registering must not read the core)
+
+    def collect(self) -> list[Metric]:
+        summary = self._runtime.summary()
+        workers = GaugeMetricFamily("yoi_runtime_workers", "Workers by status.", labels=["status"])
+        for status, key in WORKER_COUNT_KEYS.items():
+            workers.add_metric([status], float(summary.get(key) or 0))
+        events = CounterMetricFamily(
+            "yoi_runtime_events_written",
+            "Events made durable since this process started.",
+            value=float(self._runtime.events_written),
+        )
+        streams = GaugeMetricFamily(
+            "yoi_runtime_event_streams_open",
+            "SSE event streams being served.",
+            value=float(summary.get("event_streams_open", 0)),
+        )
+        return [workers, events, streams]
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One request was answered."""
+        self.requests.labels(route, method, str(status)).inc()
+        self.durations.labels(route, method).observe(seconds)
+
+    def render(self) -> bytes:
+        """The text exposition of every series."""
+        return generate_latest(self.registry)
 
 
 # --------------------------------------------------------------------------------------------- event streams
@@ -277,6 +343,7 @@ class RuntimeServer:
         self.stream_queue_batches = stream_queue_batches
         self._streams: set[EventStream] = set()
         self._shutting_down = False
+        self.metrics = RuntimeMetrics(runtime)
         self.app: Starlette = _build_app(self, token=token)
 
     def __repr__(self) -> str:
@@ -289,6 +356,10 @@ class RuntimeServer:
             stream.end()
 
     # ---- queries
+
+    async def metrics_text(self, request: Request) -> Response:
+        body = await run_in_threadpool(self.metrics.render)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     async def runtime_summary(self, request: Request) -> Response:
         summary = await run_in_threadpool(self.runtime.summary)
@@ -451,10 +522,17 @@ def _event_cursor(request: Request) -> int | None:
 # --------------------------------------------------------------------------------------------- the app
 
 
-def _guard(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
-    """Turn typed errors into protocol error bodies and anything unexpected into a bare 500."""
+def _guard(handler: Callable[[Request], Any], metrics: RuntimeMetrics) -> Callable[[Request], Any]:
+    """Turn typed errors into protocol error bodies and anything unexpected into a bare 500; count and time
+    every answer."""
 
     async def endpoint(request: Request) -> Response:
+        started = time.perf_counter()
+        response = await _answer(request)
+        metrics.observe(handler.__name__, request.method, response.status_code, time.perf_counter() - started)
+        return response
+
+    async def _answer(request: Request) -> Response:
         try:
             response: Response = await handler(request)
             return response
@@ -517,16 +595,19 @@ def create_server(
 
 def _build_app(server: RuntimeServer, *, token: str | None) -> Starlette:
     worker = "/v1/workers/{worker_id}"
+    metrics = server.metrics
     routes = [
-        Route("/v1/runtime", _guard(server.runtime_summary), methods=["GET"]),
-        Route("/v1/workers", _guard(server.list_workers), methods=["GET"]),
-        Route("/v1/workers", _guard(server.create_worker), methods=["POST"]),
-        Route(worker, _guard(server.get_worker), methods=["GET"]),
-        Route(f"{worker}/input", _guard(server.send_input), methods=["POST"]),
-        Route(f"{worker}/stop", _guard(server.stop_worker), methods=["POST"]),
-        Route(f"{worker}/cancel", _guard(server.cancel_worker), methods=["POST"]),
-        Route(f"{worker}/transcript", _guard(server.transcript), methods=["GET"]),
-        Route(f"{worker}/events", _guard(server.events), methods=["GET"]),
+        Route("/v1/runtime", _guard(server.runtime_summary, metrics), methods=["GET"]),
+        Route("/v1/workers", _guard(server.list_workers, metrics), methods=["GET"]),
+        Route("/v1/workers", _guard(server.create_worker, metrics), methods=["POST"]),
+        Route(worker, _guard(server.get_worker, metrics), methods=["GET"]),
+        Route(f"{worker}/input", _guard(server.send_input, metrics), methods=["POST"]),
+        Route(f"{worker}/stop", _guard(server.stop_worker, metrics), methods=["POST"]),
+        Route(f"{worker}/cancel", _guard(server.cancel_worker, metrics), methods=["POST"]),
+        Route(f"{worker}/transcript", _guard(server.transcript, metrics), methods=["GET"]),
+        Route(f"{worker}/events", _guard(server.events, metrics), methods=["GET"]),
+        # Prometheus, under the same bearer token as every route.
+        Route("/metrics", _guard(server.metrics_text, metrics), methods=["GET"]),
     ]
 
     @contextlib.asynccontextmanager

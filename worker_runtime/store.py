@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from worker_runtime.errors import StoreError
+from worker_runtime.errors import StoreError, StoreLocked
 from worker_runtime.ids import path_component
 from worker_runtime.model import Event, TranscriptItem, WorkerRecord, compact_json
 
@@ -172,7 +172,7 @@ class FsStore:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             fh.close()
-            raise StoreError(f"store {self.root} is locked by another process") from exc
+            raise StoreLocked(f"store {self.root} is locked by another process") from exc
         fh.seek(0)
         fh.truncate()
         fh.write(f"{os.getpid()}\n")

@@ -1,7 +1,8 @@
-"""The one place that turns errors into the §5 envelope under /api/: the DRF handler and Django's error views.
+"""The one place that turns errors into the envelope under /api/: the DRF handler and Django's error views.
 
-Every body is ``{"error": {"code", "message", "runtime_id"?, "worker_id"?, "retryable", "fields"?}}``.
-Messages are fixed texts; the text of an unexpected exception never reaches a response.
+Every body is ``{"error": {"code", "message", "runtime_id"?, "worker_id"?, "retryable", "fields"?,
+"request_id"?}}`` (docs/api.md). Messages are fixed texts; the text of an unexpected exception never
+reaches a response. A typed error answered with a 5xx is logged once, at WARNING, with its code.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from rest_framework.settings import api_settings
 from rest_framework.views import set_rollback
 
 from runtimes.errors import PayloadTooLarge, RateLimited, YoiError
+from runtimes.request_context import current_request_id
 from workers.serializers import path_id_errors, raw_request_path
 
 logger = logging.getLogger(__name__)
@@ -40,7 +42,15 @@ def error_body(
     error: dict[str, Any] = {"code": code, "message": message, "retryable": retryable}
     if fields:
         error["fields"] = fields
-    return {"error": error}
+    return {"error": with_request_id(error)}
+
+
+def with_request_id(error: dict[str, Any]) -> dict[str, Any]:
+    """The ``error`` object with the current request's id, so a user's report can be found in the logs."""
+    request_id = current_request_id()
+    if request_id is not None:
+        error["request_id"] = request_id
+    return error
 
 
 def flatten_detail(detail: Any, prefix: str = "") -> dict[str, list[str]]:
@@ -97,7 +107,7 @@ def _drf_error(exc: drf.APIException) -> tuple[int, dict[str, Any], dict[str, st
         return 405, error_body("method_not_allowed", "method not allowed"), {}
     if isinstance(exc, drf.Throttled):
         limited = RateLimited(retry_after=getattr(exc, "wait", None) or 1.0)
-        return 429, {"error": limited.to_json()}, limited.headers()
+        return 429, {"error": with_request_id(limited.to_json())}, limited.headers()
     status = int(exc.status_code)
     if 400 <= status < 500:
         return status, error_body("invalid_request", str(type(exc).default_detail)), {}
@@ -116,14 +126,14 @@ def _view_name(context: dict[str, Any]) -> str:
 def _mapped(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]] | None:
     """Status, envelope and headers of an expected exception; None for a bug."""
     if isinstance(exc, YoiError):
-        return exc.http_status, {"error": exc.to_json()}, exc.headers()
+        return exc.http_status, {"error": with_request_id(exc.to_json())}, exc.headers()
     if isinstance(exc, Http404):
         exc = drf.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = drf.PermissionDenied()
     if isinstance(exc, RequestDataTooBig):
         # Where Django reads a body itself (DATA_UPLOAD_MAX_MEMORY_SIZE); under daphne serve.py refuses it first.
-        return 413, {"error": PayloadTooLarge().to_json()}, {}
+        return 413, {"error": with_request_id(PayloadTooLarge().to_json())}, {}
     if isinstance(exc, SuspiciousOperation):
         return 400, error_body("invalid_request", "the request is invalid"), {}
     if isinstance(exc, drf.APIException):
@@ -146,7 +156,21 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         return Response(error_body("internal_error", INTERNAL_ERROR_MESSAGE), status=500)
     # No rollback for an expected error: a failed or refused command's AuditEvent has already been written.
     status, body, headers = mapped
-    return Response(body, status=status, headers=headers)
+    response = Response(body, status=status, headers=headers)
+    if isinstance(exc, YoiError) and status >= 500:
+        # An answer about a runtime, not a crash: one WARNING with its code instead of django.request's ERROR.
+        logger.warning(
+            "workers.api.runtime_error",
+            extra={
+                "runtime_id": exc.runtime_id,
+                "worker_id": exc.worker_id,
+                "code": exc.code,
+                "status": status,
+                "view": _view_name(context),
+            },
+        )
+        response._has_been_logged = True  # type: ignore[attr-defined]  # read by django.utils.log
+    return response
 
 
 # --- Django-level errors (outside DRF): JSON under /api/, Django's own HTML pages elsewhere -------------------

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from runtimes import metrics
 from runtimes.errors import YoiError
+from runtimes.request_context import current_request_id
 from runtimes.types import WorkerEvent
 
 # A WebSocket close code carries the HTTP status of the error that ended the socket.
@@ -46,10 +48,17 @@ def state_frame(upstream: str, *, reason: str | None = None, retry_in: float | N
 
 
 def reset_frame(reason: str, earliest_seq: int) -> str:
-    """``{"type": "reset", reason, earliest_seq}``: events before ``earliest_seq`` will not come."""
+    """``{"type": "reset", reason, earliest_seq}``: events before ``earliest_seq`` will not come (one browser's
+    frame: counted as one reset sent)."""
+    metrics.relay_reset(reason)
     return _text({"type": "reset", "reason": reason, "earliest_seq": earliest_seq})
 
 
 def error_frame(error: YoiError) -> tuple[str, int]:
-    """THE WebSocket mapping of a typed error: the frame and the close code (4000 + HTTP status)."""
-    return _text({"type": "error", "error": error.to_json()}), CLOSE_CODE_BASE + error.http_status
+    """THE WebSocket mapping of a typed error: the frame and the close code (4000 + HTTP status). Sent on a
+    socket's own behalf, the error carries that socket's ``request_id``."""
+    body = error.to_json()
+    request_id = current_request_id()
+    if request_id is not None:
+        body["request_id"] = request_id
+    return _text({"type": "error", "error": body}), CLOSE_CODE_BASE + error.http_status

@@ -17,7 +17,7 @@ from django.shortcuts import render
 from django.utils import timezone
 
 from runtimes.errors import RateLimited
-from workers.exceptions import is_api_request
+from workers.exceptions import is_api_request, with_request_id
 
 LOCKOUT_MESSAGE = "too many failed logins; retry later"
 
@@ -50,7 +50,7 @@ def lockout_response(
     error = RateLimited(retry_after=_cool_off_left(request, credentials), message=LOCKOUT_MESSAGE)
     response: HttpResponse
     if prefers_json(request):
-        response = JsonResponse({"error": error.to_json()}, status=error.http_status)
+        response = JsonResponse({"error": with_request_id(error.to_json())}, status=error.http_status)
     else:
         context = {"retry_after": error.retry_after, "login_url": request.path}
         response = render(request, "registration/locked_out.html", context, status=error.http_status)

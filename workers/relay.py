@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from django.conf import settings
 from django.db import close_old_connections
 
+from runtimes import metrics
 from runtimes.errors import (
     InvalidRequest,
     RuntimeBadResponse,
@@ -290,10 +291,11 @@ class WorkerRelay:
             watchdog = threading.Timer(CATCH_UP_TIMEOUT, stream.close)
             watchdog.start()
             try:
-                for item in stream:
-                    items.append(item)
-                    if isinstance(item, WorkerEvent) and (item.seq >= until or item.event == FINAL_EVENT):
-                        break
+                with metrics.relay_upstream(self.runtime_id):
+                    for item in stream:
+                        items.append(item)
+                        if isinstance(item, WorkerEvent) and (item.seq >= until or item.event == FINAL_EVENT):
+                            break
             finally:
                 watchdog.cancel()
                 stream.close()
@@ -335,12 +337,13 @@ class WorkerRelay:
             self._to_loop(self._on_connected, generation, stream)
             frames = int(_setting("YOI_RELAY_SUBSCRIBER_FRAMES", 2048))
             in_flight = threading.Semaphore(max(1, min(MAX_IN_FLIGHT, frames // 8)))
-            for item in stream:
-                while not in_flight.acquire(timeout=IN_FLIGHT_POLL):
-                    if self._closed or generation != self.generation or self.loop.is_closed():
-                        stream.close()  # closed, replaced or its loop gone: nobody wants the rest
-                        return
-                self._hand_over(generation, item, in_flight)
+            with metrics.relay_upstream(self.runtime_id):
+                for item in stream:
+                    while not in_flight.acquire(timeout=IN_FLIGHT_POLL):
+                        if self._closed or generation != self.generation or self.loop.is_closed():
+                            stream.close()  # closed, replaced or its loop gone: nobody wants the rest
+                            return
+                    self._hand_over(generation, item, in_flight)
         except YoiError as exc:
             error = exc
         except Exception:
@@ -404,6 +407,7 @@ class WorkerRelay:
         if seq != self.last_seq + 1:
             self.buffer.clear()  # continuity broken: the buffer restarts here; subscribers repair the gap
         self.last_seq = seq
+        metrics.relay_event()
         buffered = _Buffered(seq, frame)
         self.buffer.append(buffered)  # bounded: the oldest event falls out
         if kind == FINAL_EVENT:
@@ -441,6 +445,7 @@ class WorkerRelay:
         delay = self._backoff(error)
         self._set_state("unavailable" if self.failures >= UNAVAILABLE_AFTER else "reconnecting", reason, delay)
         self._retry = self.loop.call_later(delay, self.open_upstream)
+        metrics.relay_reconnect(self.runtime_id)
         logger.info("workers.relay.upstream_lost", extra={**self._ids(), "code": reason, "retry_in": delay})
 
     def _backoff(self, error: YoiError | None) -> float:
@@ -562,3 +567,4 @@ class RelayHub:
 
 
 relay_hub = RelayHub()
+metrics.count_relay_subscribers(lambda: sum(len(relay.subscribers) for relay in relay_hub.relays()))

@@ -129,6 +129,9 @@ class ErrorSerializer(serializers.Serializer[Any]):
         help_text="invalid_request: `{field: [messages]}`; nested keys dotted, body-wide under non_field_errors.",
     )
     upstream_code = serializers.CharField(required=False, help_text="runtime_rejected: the runtime's own code.")
+    request_id = serializers.CharField(
+        required=False, help_text="The request's id, as in the X-Request-ID response header (quote it in reports)."
+    )
 
 
 class ErrorEnvelopeSerializer(serializers.Serializer[Any]):
@@ -501,6 +504,14 @@ OPERATIONS_RUNTIME: dict[str, Any] = {
     "retrieve": _operation(
         "runtimes_retrieve",
         "One runtime (its cached status is refreshed first when stale)",
+        tag="runtimes",
+        parameters=[RUNTIME_ID],
+        success={200: RuntimeOutputSerializer},
+        errors=CACHE_READ_ERRORS,
+    ),
+    "probe": _operation(
+        "runtimes_probe",
+        "Probe one runtime now and answer its fresh status (a failed probe is a status, not an error)",
         tag="runtimes",
         parameters=[RUNTIME_ID],
         success={200: RuntimeOutputSerializer},

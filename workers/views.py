@@ -146,6 +146,13 @@ class RuntimeViewSet(ApiViewSet):
         view = runtime_get_visible(runtime_id=runtime_id, user=request.user)
         return Response(RuntimeOutputSerializer(view).data)
 
+    @action(detail=True, methods=["post"])
+    def probe(self, request: Request, runtime_id: str) -> Response:
+        """Probe the runtime now (whatever its breaker says) and answer its fresh status."""
+        require_valid_ids(request, runtime_id=runtime_id)
+        view = runtime_get_visible(runtime_id=runtime_id, user=request.user, probe=True)
+        return Response(RuntimeOutputSerializer(view).data)
+
 
 # The viewset actions that are commands, and the AuditEvent action each records.
 COMMAND_ACTIONS = {"create": "create", "send_input": "input", "stop": "stop", "cancel": "cancel"}

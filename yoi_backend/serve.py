@@ -11,7 +11,9 @@ Request bodies are checked as soon as a request's headers are in, before daphne 
 (``yoi_backend/bodylimits.py``): one over the cap, or one sent without credentials, is answered at once
 and never read. The server speaks HTTP/1.1 only (daphne's HTTP/2 needs extras the project does not
 install), so every request goes through that check. Before it listens, it collects static files when
-``DJANGO_DEBUG=0`` and they are missing or out of date (``yoi_backend/static_collect.py``).
+``DJANGO_DEBUG=0`` and they are missing or out of date (``yoi_backend/static_collect.py``). While it
+serves, a background thread re-probes runtimes whose circuit breaker has half-opened
+(``runtimes.health.HealthMonitor``).
 """
 
 from __future__ import annotations
@@ -168,6 +170,7 @@ class BackendServer(Server):
         self.signal_handlers = False  # ours, installed once the reactor runs (below)
         self._stopping_since: float | None = None
         reactor.callWhenRunning(self._install_signal_handlers)
+        reactor.callWhenRunning(self._start_health_monitor)
         super().run()
 
     @property
@@ -178,6 +181,15 @@ class BackendServer(Server):
     @http_factory.setter
     def http_factory(self, factory: HTTPFactory) -> None:
         self._http_factory = BodyLimitedHTTPFactory(factory.server)
+
+    def _start_health_monitor(self) -> None:
+        """The background re-probe of runtimes (runtimes/health.py); it stops when the process drains."""
+        from runtimes.health import start_health_monitor
+        from yoi_backend import lifecycle
+
+        monitor = start_health_monitor()
+        if monitor is not None:
+            lifecycle.on_drain(lambda: monitor.stop(timeout=0))
 
     def _install_signal_handlers(self) -> None:
         loop = reactor._asyncioEventloop

@@ -1,7 +1,9 @@
 """Env-driven settings: DJANGO_* for Django's own, YOI_* for ours, DATABASE_URL, REDIS_URL.
 
-Every value comes from the environment with a safe development default; a malformed value fails fast with
-ImproperlyConfigured instead of starting a half-configured service.
+Values come from the environment, and from a ``.env`` file in the repository root when there is one
+(``YOI_ENV_FILE`` names another); the environment wins over the file. Every value has a safe development
+default (``.env.example`` lists them all); a malformed value fails fast with ImproperlyConfigured instead
+of starting a half-configured service. Parsing is django-environ's.
 """
 
 from __future__ import annotations
@@ -12,51 +14,45 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from yoi_backend.dotenv import load_dotenv
+
 BASE_DIR = Path(__file__).resolve().parent.parent
+load_dotenv()
+
+env = environ.Env()
+_BOOL_WORDS = frozenset({"1", "0", "true", "false", "yes", "no", "on", "off"})
 
 
-def env_str(name: str, default: str) -> str:
-    """Read a string setting from the environment."""
-    return os.environ.get(name, default)
+def bool_setting(name: str, default: bool) -> bool:
+    """A boolean (1/0, true/false, yes/no, on/off): environ's parsing, but anything else fails fast."""
+    raw = env.str(name, default="").strip().lower()
+    if raw and raw not in _BOOL_WORDS:
+        raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
+    return bool(env.bool(name)) if raw else default
 
 
-def env_bool(name: str, default: bool) -> bool:
-    """Read a boolean setting (1/0, true/false, yes/no, on/off)."""
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    value = raw.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off"}:
-        return False
-    raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
-
-
-def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
-    """Read a float setting: positive, or at least ``minimum`` when given."""
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
+def number_setting(name: str, default: float, *, allow_zero: bool = False) -> float:
+    """A positive number (or zero with ``allow_zero``), failing fast on anything else."""
+    if not env.str(name, default=""):
         return default
     try:
-        value = float(raw)
+        value = float(env.float(name))
     except ValueError as exc:
-        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from exc
-    if value <= 0 if minimum is None else value < minimum:
-        bound = "positive" if minimum is None else f"at least {minimum:g}"
-        raise ImproperlyConfigured(f"{name} must be {bound}, got {raw!r}")
+        raise ImproperlyConfigured(f"{name} must be a number, got {env.str(name)!r}") from exc
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ImproperlyConfigured(f"{name} must be {'>= 0' if allow_zero else 'positive'}, got {value:g}")
     return value
 
 
 _RATE_RE = re.compile(r"(\d+)/(s|sec|second|m|min|minute|h|hour|d|day)")
 
 
-def env_rate(name: str, default: str) -> str | None:
-    """Read a rate in DRF's ``N/period`` form (period s, min, hour or day); ``0`` turns it off (None)."""
-    raw = os.environ.get(name) or default
-    value = raw.strip().replace(" ", "")
+def rate_setting(name: str, default: str) -> str | None:
+    """A rate in DRF's ``N/period`` form (period s, min, hour or day); ``0`` turns it off (None)."""
+    value = (env.str(name, default="") or default).strip().replace(" ", "")
     if value == "0":
         return None
     match = _RATE_RE.fullmatch(value)
@@ -65,65 +61,76 @@ def env_rate(name: str, default: str) -> str | None:
     return value
 
 
-def env_list(name: str, default: list[str]) -> list[str]:
-    """Read a comma-separated list setting."""
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    return [item.strip() for item in raw.split(",") if item.strip()]
+def list_setting(name: str, default: list[str]) -> list[str]:
+    """A comma-separated list, items trimmed, empty ones dropped."""
+    return [item.strip() for item in env.list(name, default=default) if item.strip()]
 
 
-DEBUG = env_bool("DJANGO_DEBUG", True)
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+def secret_setting(name: str) -> str:
+    """A secret, taken as it is: environ would read a value starting with ``$`` as another variable's name."""
+    return os.environ.get(name, "")
+
+
+DEBUG = bool_setting("DJANGO_DEBUG", True)
+SECRET_KEY = secret_setting("DJANGO_SECRET_KEY")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG=0")
     SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"  # noqa: S105 - development default
 
-ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
-CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+ALLOWED_HOSTS = list_setting("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = list_setting("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
 # HTTPS, for a deployment behind a TLS-terminating proxy (the production block of .env.example; with it,
 # `manage.py check --deploy` reports nothing). Off by default: make run and the tests serve plain http on
 # loopback. The proxy's X-Forwarded-Proto reaches Django as the request's scheme when the server runs with
 # --proxy-headers (docs/operations.md). Health checks stay reachable over http.
-SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", False)
+SECURE_SSL_REDIRECT = bool_setting("DJANGO_SECURE_SSL_REDIRECT", False)
 SECURE_REDIRECT_EXEMPT = [r"^(healthz|livez|readyz)$"]
-SECURE_HSTS_SECONDS = int(env_float("DJANGO_SECURE_HSTS_SECONDS", 0, minimum=0))
-SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
-SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", False)
-SESSION_COOKIE_SECURE = env_bool("DJANGO_SESSION_COOKIE_SECURE", False)
-CSRF_COOKIE_SECURE = env_bool("DJANGO_CSRF_COOKIE_SECURE", False)
+SECURE_HSTS_SECONDS = int(number_setting("DJANGO_SECURE_HSTS_SECONDS", 0, allow_zero=True))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = bool_setting("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = bool_setting("DJANGO_SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = bool_setting("DJANGO_SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = bool_setting("DJANGO_CSRF_COOKIE_SECURE", False)
 
-YOI_DATA_DIR = Path(env_str("YOI_DATA_DIR", str(BASE_DIR / "var"))).resolve()
-YOI_RUNTIMES_CONFIG = env_str("YOI_RUNTIMES_CONFIG", "")
+YOI_DATA_DIR = Path(env.str("YOI_DATA_DIR", default="") or BASE_DIR / "var").resolve()
+YOI_RUNTIMES_CONFIG = env.str("YOI_RUNTIMES_CONFIG", default="")
 # How long cached runtime status stays fresh before a detail read refreshes it.
-YOI_STATUS_STALE_SECONDS = env_float("YOI_STATUS_STALE_SECONDS", 30.0)
+YOI_STATUS_STALE_SECONDS = number_setting("YOI_STATUS_STALE_SECONDS", 30.0)
 # How often a running process re-reads runtime rows to pick up admin / sync changes.
-YOI_REGISTRY_REFRESH_SECONDS = env_float("YOI_REGISTRY_REFRESH_SECONDS", 2.0)
+YOI_REGISTRY_REFRESH_SECONDS = number_setting("YOI_REGISTRY_REFRESH_SECONDS", 2.0)
 # Threads serving HTTP requests (yoi_backend/handler.py). A request holds its thread while it waits on a
 # runtime, so this bounds how many requests can wait at once; each thread keeps one database connection.
-YOI_HTTP_THREADS = int(env_float("YOI_HTTP_THREADS", 128))
+YOI_HTTP_THREADS = int(number_setting("YOI_HTTP_THREADS", 128))
 # The event relay (workers/relay.py): how long an upstream outlives its last browser, how many frames a
 # browser may have queued before it is sent a reset, the per-worker replay buffer, and reconnect backoff.
-YOI_RELAY_LINGER_SECONDS = env_float("YOI_RELAY_LINGER_SECONDS", 2.0)
-YOI_RELAY_SUBSCRIBER_FRAMES = int(env_float("YOI_RELAY_SUBSCRIBER_FRAMES", 2048))
-YOI_RELAY_BUFFER_EVENTS = int(env_float("YOI_RELAY_BUFFER_EVENTS", 4096))
-YOI_RELAY_BACKOFF_BASE = env_float("YOI_RELAY_BACKOFF_BASE", 0.5)
-YOI_RELAY_BACKOFF_CAP = env_float("YOI_RELAY_BACKOFF_CAP", 15.0)
+YOI_RELAY_LINGER_SECONDS = number_setting("YOI_RELAY_LINGER_SECONDS", 2.0)
+YOI_RELAY_SUBSCRIBER_FRAMES = int(number_setting("YOI_RELAY_SUBSCRIBER_FRAMES", 2048))
+YOI_RELAY_BUFFER_EVENTS = int(number_setting("YOI_RELAY_BUFFER_EVENTS", 4096))
+YOI_RELAY_BACKOFF_BASE = number_setting("YOI_RELAY_BACKOFF_BASE", 0.5)
+YOI_RELAY_BACKOFF_CAP = number_setting("YOI_RELAY_BACKOFF_CAP", 15.0)
+
+# How often a serving process re-probes runtimes whose breaker half-opened (runtimes/health.py); 0 = never.
+YOI_HEALTH_MONITOR_SECONDS = number_setting("YOI_HEALTH_MONITOR_SECONDS", 1.0, allow_zero=True)
+# /metrics (Prometheus) answers only with "Authorization: Bearer <this>"; unset, the endpoint is off (404).
+YOI_METRICS_TOKEN = secret_setting("YOI_METRICS_TOKEN")
+# "plain" (the event name, then key=value fields) or "json" (one JSON object per line).
+YOI_LOG_FORMAT = (env.str("YOI_LOG_FORMAT", default="") or "plain").strip().lower()
+if YOI_LOG_FORMAT not in {"plain", "json"}:
+    raise ImproperlyConfigured(f"YOI_LOG_FORMAT must be plain or json, got {YOI_LOG_FORMAT!r}")
 
 # --- Limits (docs/operations.md, "Limits") ------------------------------------------------------------------
 # Login forms (/login/, /admin/login/), through django-axes: after YOI_LOGIN_FAILURE_LIMIT failed logins for
 # one username, or from one client address, that username or address is refused for YOI_LOGIN_COOLOFF_SECONDS.
-YOI_LOGIN_FAILURE_LIMIT = int(env_float("YOI_LOGIN_FAILURE_LIMIT", 5))
-YOI_LOGIN_COOLOFF_SECONDS = env_float("YOI_LOGIN_COOLOFF_SECONDS", 300.0)
+YOI_LOGIN_FAILURE_LIMIT = int(number_setting("YOI_LOGIN_FAILURE_LIMIT", 5))
+YOI_LOGIN_COOLOFF_SECONDS = number_setting("YOI_LOGIN_COOLOFF_SECONDS", 300.0)
 # Worker commands (create, input, stop, cancel) per user: DRF's N/period; 0 turns the limit off.
-YOI_RATE_COMMANDS = env_rate("YOI_RATE_COMMANDS", "1200/min")
+YOI_RATE_COMMANDS = rate_setting("YOI_RATE_COMMANDS", "1200/min")
 # Request bodies: the server entry point (yoi_backend/serve.py) refuses a larger one with 413 from its
 # Content-Length before reading it, and cuts a chunked one when it passes the cap. A request without
 # credentials may carry a body only to a login form, of at most YOI_MAX_LOGIN_BODY_BYTES.
-YOI_MAX_REQUEST_BYTES = int(env_float("YOI_MAX_REQUEST_BYTES", 2_621_440))
-YOI_MAX_LOGIN_BODY_BYTES = int(env_float("YOI_MAX_LOGIN_BODY_BYTES", 65_536))
+YOI_MAX_REQUEST_BYTES = int(number_setting("YOI_MAX_REQUEST_BYTES", 2_621_440))
+YOI_MAX_LOGIN_BODY_BYTES = int(number_setting("YOI_MAX_LOGIN_BODY_BYTES", 65_536))
 # The same cap where Django itself reads a body (another ASGI server, the test client).
 DATA_UPLOAD_MAX_MEMORY_SIZE = YOI_MAX_REQUEST_BYTES
 
@@ -146,6 +153,10 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: the request id and metrics cover everything below; then /livez, /readyz and /metrics, answered
+    # before host checks and sessions (yoi_backend/middleware.py).
+    "yoi_backend.middleware.RequestObservabilityMiddleware",
+    "yoi_backend.middleware.OperationsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -180,7 +191,7 @@ TEMPLATES = [
 
 DATABASES = {
     "default": dj_database_url.parse(
-        env_str("DATABASE_URL", f"sqlite:///{YOI_DATA_DIR / 'db.sqlite3'}"), conn_max_age=60
+        env.str("DATABASE_URL", default="") or f"sqlite:///{YOI_DATA_DIR / 'db.sqlite3'}", conn_max_age=60
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -196,7 +207,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-REDIS_URL = env_str("REDIS_URL", "")
+REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
@@ -208,7 +219,7 @@ else:
 # cache hit, not a query). With REDIS_URL (several processes) the cache is Redis, shared by all; without
 # it each process keeps sessions in memory for at most YOI_SESSION_CACHE_SECONDS, so a session ended
 # elsewhere (another process, a management command) stops working here within that time.
-YOI_SESSION_CACHE_SECONDS = env_float("YOI_SESSION_CACHE_SECONDS", 5.0)
+YOI_SESSION_CACHE_SECONDS = number_setting("YOI_SESSION_CACHE_SECONDS", 5.0)
 CACHES: dict[str, dict[str, object]]
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
@@ -247,7 +258,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = Path(env_str("DJANGO_STATIC_ROOT", str(YOI_DATA_DIR / "static")))
+STATIC_ROOT = Path(env.str("DJANGO_STATIC_ROOT", default="") or YOI_DATA_DIR / "static")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
@@ -337,15 +348,24 @@ SPECTACULAR_SETTINGS = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    # Tracebacks with every exception message scrubbed: no runtime URL or store path (yoi_backend/logs.py).
+    # Every line carries its fields (key=value, or JSON keys) and the request id; tracebacks keep their frames
+    # with every exception message scrubbed: no runtime URL or store path (yoi_backend/logs.py).
+    "filters": {"request_id": {"()": "yoi_backend.logs.RequestIdFilter"}},
     "formatters": {
         "plain": {
-            "()": "yoi_backend.logs.ScrubbingFormatter",
+            "()": "yoi_backend.logs.FieldsFormatter",
             "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
-        }
+        },
+        "json": {
+            "()": "yoi_backend.logs.JsonFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("YOI_LOG_LEVEL", "INFO")},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": YOI_LOG_FORMAT, "filters": ["request_id"]}
+    },
+    "root": {"handlers": ["console"], "level": env.str("YOI_LOG_LEVEL", default="") or "INFO"},
     "loggers": {
         "django.request": {"level": "ERROR"},
         # urllib3 names the runtime host in its own log lines (pool warnings, debug): runtime

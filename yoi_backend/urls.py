@@ -1,6 +1,7 @@
-"""Root URLconf: the console, login, admin, health, the browser API and its schema.
+"""Root URLconf: the console, login, admin, the browser API and its schema.
 
-Errors under /api/ answer the JSON envelope (DESIGN §5).
+Errors under /api/ answer the JSON envelope (docs/api.md). ``/livez``, ``/healthz``, ``/readyz`` and
+``/metrics`` are answered by ``yoi_backend.middleware.OperationsMiddleware`` before URL routing.
 """
 
 from __future__ import annotations
@@ -12,14 +13,12 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 
 from workers.console import console, console_login, console_logout
 from workers.exceptions import api_not_found
-from yoi_backend.views import healthz
 
 urlpatterns = [
     path("", console, name="console"),
     path("login/", console_login, name="login"),
     path("logout/", console_logout, name="logout"),
     path("admin/", admin.site.urls),
-    path("healthz", healthz, name="healthz"),
     path("api/v1/", include("workers.urls")),
     # OpenAPI schema (authenticated, like the API: 401 envelope otherwise) and Swagger UI from local static
     # files (a browser page: anonymous visitors are sent to the login page). The split view serves its

@@ -14,11 +14,13 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from runtimes import metrics
 from runtimes.errors import (
     IdempotencyKeyReused,
     InvalidRequest,
     RuntimeRejected,
     RuntimeUnreachable,
+    StoreNotOwned,
     WorkerNotFound,
     YoiError,
 )
@@ -37,7 +39,7 @@ from runtimes.types import (
 )
 from worker_runtime.config import RuntimeConfig
 from worker_runtime.core import Subscription, WorkerRuntime
-from worker_runtime.errors import IdempotencyConflict, RuntimeApiError, StoreError
+from worker_runtime.errors import IdempotencyConflict, RuntimeApiError, StoreError, StoreLocked
 from worker_runtime.idempotency import (
     IdempotencyCache,
     StoredAnswer,
@@ -51,6 +53,7 @@ from worker_runtime.store import FsStore
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+E = TypeVar("E", bound=RuntimeUnreachable)
 FINAL_EVENT = "worker_exited"
 
 
@@ -125,6 +128,9 @@ class EmbeddedRuntimeHandle:
                     core.open()
                     # The answered commands kept in the store, as the runtime server keeps them.
                     self._idempotency = IdempotencyCache(store, core.idempotency_entries)
+                except StoreLocked as exc:
+                    core.close()
+                    raise self._store_not_owned() from exc
                 except (StoreError, OSError) as exc:
                     # A failure after the lock was taken must not leave the store locked by a core nobody holds.
                     core.close()
@@ -136,23 +142,38 @@ class EmbeddedRuntimeHandle:
     def _store_unavailable(self) -> RuntimeUnreachable:
         """The typed error of a store that cannot be used. The message of a StoreError or OSError names
         paths: it stays out of logs and answers."""
-        logger.warning("runtimes.embedded.store_unavailable", extra={"runtime_id": self.runtime_id})
-        return RuntimeUnreachable(
-            runtime_id=self.runtime_id,
-            message=f"embedded runtime {self.runtime_id} is unavailable: its store is in use or unreadable",
+        return self._store_error(
+            RuntimeUnreachable, "store_unusable", "is unavailable: its store is in use or unreadable"
         )
 
-    def _call(self, operation: Callable[[WorkerRuntime], T], *, worker_id: str | None = None) -> T:
-        if worker_id is not None and not is_valid_id(worker_id):
-            raise InvalidRequest(runtime_id=self.runtime_id, fields={"worker_id": [f"must match {ID_PATTERN}"]})
-        core = self._runtime()
-        try:
-            return operation(core)
-        except RuntimeApiError as exc:
-            raise self._translate(exc, worker_id) from exc
-        except (StoreError, OSError) as exc:
-            # A store write failing mid-command (disk full, permissions): typed, never a path in a traceback.
-            raise self._store_unavailable() from exc
+    def _store_not_owned(self) -> StoreNotOwned:
+        """The store is locked by another process: the one that serves this runtime (a second process, such
+        as a management command, cannot use it while that one runs)."""
+        return self._store_error(
+            StoreNotOwned, "store_locked", "is served by another process: its store is locked"
+        )
+
+    def _store_error(self, error: type[E], reason: str, what: str) -> E:
+        logger.warning(
+            "runtimes.embedded.store_unavailable",
+            extra={"runtime_id": self.runtime_id, "code": error.code, "reason": reason},
+        )
+        return error(runtime_id=self.runtime_id, message=f"embedded runtime {self.runtime_id} {what}")
+
+    def _call(self, operation: Callable[[WorkerRuntime], T], *, route: str, worker_id: str | None = None) -> T:
+        """Run ``operation`` on the core, typed like a remote answer and counted like an upstream request."""
+        with metrics.upstream_request(self.runtime_id, route):
+            if worker_id is not None and not is_valid_id(worker_id):
+                fields = {"worker_id": [f"must match {ID_PATTERN}"]}
+                raise InvalidRequest(runtime_id=self.runtime_id, fields=fields)
+            core = self._runtime()
+            try:
+                return operation(core)
+            except RuntimeApiError as exc:
+                raise self._translate(exc, worker_id) from exc
+            except (StoreError, OSError) as exc:
+                # A store write failing mid-command (disk full, permissions): typed, never a path in a traceback.
+                raise self._store_unavailable() from exc
 
     def _translate(self, exc: RuntimeApiError, worker_id: str | None) -> YoiError:
         """The embedded twin of the remote status mapping: the runtime's own codes, typed the same way."""
@@ -169,17 +190,17 @@ class EmbeddedRuntimeHandle:
         )
 
     def summary(self) -> RuntimeSummary:
-        return parse_summary(self._call(lambda core: core.summary()), runtime_id=self.runtime_id)
+        return parse_summary(self._call(lambda core: core.summary(), route="summary"), runtime_id=self.runtime_id)
 
     def capabilities(self) -> Capabilities:
         return self.summary().capabilities
 
     def list_workers(self) -> list[WorkerDetail]:
-        bodies = self._call(lambda core: core.list_workers())
+        bodies = self._call(lambda core: core.list_workers(), route="list_workers")
         return [parse_worker(body, runtime_id=self.runtime_id) for body in bodies]
 
     def get_worker(self, worker_id: str) -> WorkerDetail:
-        body = self._call(lambda core: core.get_worker(worker_id), worker_id=worker_id)
+        body = self._call(lambda core: core.get_worker(worker_id), route="get_worker", worker_id=worker_id)
         return parse_worker(body, runtime_id=self.runtime_id, worker_id=worker_id)
 
     def create_worker(self, spec: WorkerSpec, *, idempotency_key: str | None = None) -> WorkerDetail:
@@ -188,6 +209,7 @@ class EmbeddedRuntimeHandle:
             "/v1/workers",
             request,
             lambda core: core.create_worker(request),
+            route="create_worker",
             envelope=("worker", 201),
             idempotency_key=idempotency_key,
             worker_id=spec.worker_id,
@@ -202,6 +224,7 @@ class EmbeddedRuntimeHandle:
             f"/v1/workers/{worker_id}/input",
             request,
             lambda core: core.send_input(worker_id, request),
+            route="send_input",
             idempotency_key=idempotency_key,
             worker_id=worker_id,
         )
@@ -224,6 +247,7 @@ class EmbeddedRuntimeHandle:
             f"/v1/workers/{worker_id}/{action}",
             {} if reason is None else {"reason": reason},
             operation,
+            route=f"{action}_worker",
             idempotency_key=idempotency_key,
             worker_id=worker_id,
         )
@@ -235,6 +259,7 @@ class EmbeddedRuntimeHandle:
         request: dict[str, Any],
         operation: Callable[[WorkerRuntime], dict[str, Any]],
         *,
+        route: str,
         idempotency_key: str | None,
         worker_id: str | None,
         envelope: tuple[str, int] = ("ack", 200),
@@ -242,7 +267,7 @@ class EmbeddedRuntimeHandle:
         """Run a command, once per Idempotency-Key as the runtime server does: the same key and request
         (path + body, fingerprinted alike) get the first answer again, kept in the store's idempotency log."""
         if idempotency_key is None:
-            return self._call(operation, worker_id=worker_id)
+            return self._call(operation, route=route, worker_id=worker_id)
         name, success = envelope
         body = canonical_body(request, b"", parsed_ok=True)
         fingerprint = request_fingerprint(method="POST", path=path, body=body)
@@ -259,7 +284,7 @@ class EmbeddedRuntimeHandle:
 
             return self._idempotency.answer_once(key, fingerprint, run)
 
-        answer = self._call(once, worker_id=worker_id)
+        answer = self._call(once, route=route, worker_id=worker_id)
         if 200 <= answer.status < 300:
             result: dict[str, Any] = answer.body[name]
             return result
@@ -268,12 +293,17 @@ class EmbeddedRuntimeHandle:
         raise self._translate(replayed, worker_id)
 
     def transcript(self, worker_id: str, *, start: int, limit: int) -> TranscriptPage:
-        body = self._call(lambda core: core.transcript(worker_id, start=start, limit=limit), worker_id=worker_id)
+        body = self._call(
+            lambda core: core.transcript(worker_id, start=start, limit=limit),
+            route="transcript",
+            worker_id=worker_id,
+        )
         return parse_transcript(body, runtime_id=self.runtime_id, worker_id=worker_id)
 
     def open_events(self, worker_id: str, *, after: int | None) -> EmbeddedEventStream:
         return self._call(
             lambda core: EmbeddedEventStream(core, runtime_id=self.runtime_id, worker_id=worker_id, after=after),
+            route="open_events",
             worker_id=worker_id,
         )
 

@@ -123,7 +123,7 @@ class ConsoleSite:
         }
 
     def start_backend(self) -> None:
-        """Serve the Backend under daphne on ``port`` and wait for /healthz."""
+        """Serve the Backend under daphne on ``port`` and wait for /readyz."""
         self.backend = start_backend(env=self.env, log_path=self.log_path, port=self.port, append_log=True)
 
     def kill_backend(self) -> None:

@@ -239,7 +239,7 @@ class BackendLauncher(DaphneLauncher[FaultBackend]):
         self.db = db
 
     def start(self, *, rows: Sequence[RuntimeRow] = (), env: Mapping[str, str] | None = None) -> FaultBackend:
-        """A migrated Backend with ``rows`` synced, serving on a free port, ready (``/healthz`` answers)."""
+        """A migrated Backend with ``rows`` synced, serving on a free port, ready (``/readyz`` answers)."""
         data_dir = self.next_data_dir()
         if self.db.sqlite_template is not None:
             database_url = copy_sqlite(self.db.sqlite_template, data_dir)

@@ -2,7 +2,7 @@
 
 ``backend_factory`` starts ``daphne yoi_backend.asgi:application`` on a free port with its own SQLite
 database and data dir (copied from a database migrated once per session, with a user, an API token and a
-session already in it), syncs the given runtimes from a generated TOML file, and waits for ``/healthz``
+session already in it), syncs the given runtimes from a generated TOML file, and waits for ``/readyz``
 with a deadline. Two Backends can share one database (``share=``) — what scale-out needs. Every process is
 killed in the finalizer; its log is kept in the test's tmp dir and shown when a start fails.
 """

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-import types
-from dataclasses import dataclass
+import re
 from typing import Any
 
 import pytest
@@ -13,7 +11,10 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from runtimes.models import AuditEvent, Runtime
+from runtimes import metrics
+from runtimes.models import AuditEvent, ProbeRecord, Runtime
+from runtimes.registry import registry
+from tests.backend_process import free_port
 
 pytestmark = pytest.mark.django_db
 
@@ -158,31 +159,12 @@ def test_admin_form_runs_model_validation(
     assert Runtime.objects.get(pk=remote_runtime.pk).base_url == "http://127.0.0.1:38811"
 
 
-@dataclass(frozen=True)
-class FakeProbeResult:
-    runtime_id: str
-    state: str
-    error_code: str
-    latency_ms: float = 1.0
-
-
-def test_probe_now_action_reports_one_line_per_runtime(
-    admin_client: Client, remote_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.usefixtures("isolated_data_dir")
+def test_probe_now_action_probes_for_real_and_reports_state_code_and_latency(
+    admin_client: Client, remote_runtime: Runtime
 ) -> None:
+    Runtime.objects.filter(pk=remote_runtime.pk).update(base_url=f"http://127.0.0.1:{free_port()}")
     Runtime.objects.create(runtime_id="embedded", display_name="Embedded", kind=Runtime.Kind.EMBEDDED)
-    calls: list[list[str]] = []
-
-    def probe_runtimes(*, runtime_ids: list[str]) -> list[FakeProbeResult]:
-        calls.append(runtime_ids)
-        return [
-            FakeProbeResult("build-1", "unauthorized", "runtime_auth_failed"),
-            FakeProbeResult("embedded", "online", ""),
-        ]
-
-    fake = types.ModuleType("runtimes.health")
-    fake.probe_runtimes = probe_runtimes  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "runtimes.health", fake)
-
     pks = list(Runtime.objects.values_list("pk", flat=True))
     response = admin_client.post(
         reverse("admin:runtimes_runtime_changelist"),
@@ -190,10 +172,57 @@ def test_probe_now_action_reports_one_line_per_runtime(
         follow=True,
     )
     assert response.status_code == 200
-    assert calls == [["build-1", "embedded"]]
     texts = [str(message) for message in response.context["messages"]]
-    assert texts == ["build-1: unauthorized (runtime_auth_failed)", "embedded: online"]
+    assert len(texts) == 2
+    assert re.fullmatch(r"build-1: offline \(runtime_unreachable\) in \d+\.\d ms", texts[0]), texts
+    assert re.fullmatch(r"embedded: online in \d+\.\d ms", texts[1]), texts
     assert TOKEN_VALUE not in response.content.decode()
+    statuses = dict(Runtime.objects.values_list("runtime_id", "status"))
+    assert statuses == {"build-1": "offline", "embedded": "online"}
+    sources = set(ProbeRecord.objects.values_list("runtime_id", "state", "source"))
+    assert sources == {("build-1", "offline", "admin"), ("embedded", "online", "admin")}
+
+
+def test_operator_view_shows_breaker_streams_probes_and_audit_rounded(
+    admin_client: Client, remote_runtime: Runtime
+) -> None:
+    ProbeRecord.objects.create(
+        runtime_id="build-1", state="offline", code="runtime_timeout", latency_ms=2001.2345, source="background"
+    )
+    ProbeRecord.objects.create(runtime_id="other", state="online", code="", latency_ms=7.0, source="command")
+    AuditEvent.objects.create(
+        username="hana", runtime_id="build-1", worker_id="w-9", action="input", outcome="ok", latency_ms=3.14159
+    )
+    registry.reset()
+    for _ in range(5):
+        registry.breaker("build-1").record_failure()
+    try:
+        with metrics.relay_upstream("build-1"):
+            page = admin_client.get(reverse("admin:runtimes_runtime_change", args=[remote_runtime.pk]))
+    finally:
+        registry.reset()
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert "open (fast-failing)" in html
+    assert "1 upstream event stream(s), 0 browser socket(s)" in html
+    assert "runtime_timeout" in html and "2001.2 ms" in html and "Background re-probe" in html
+    assert "w-9" in html and "3.1 ms" in html and "hana" in html
+    assert "7.0 ms" not in html  # another runtime's probe
+    assert TOKEN_VALUE not in html
+
+
+def test_operator_view_is_not_on_the_add_page(admin_client: Client) -> None:
+    page = admin_client.get(reverse("admin:runtimes_runtime_add"))
+    assert page.status_code == 200
+    assert "Operator view" not in page.content.decode()
+
+
+def test_audit_list_shows_latency_with_one_decimal(admin_client: Client) -> None:
+    AuditEvent.objects.create(
+        username="hana", runtime_id="build-1", worker_id="w-1", action="stop", outcome="ok", latency_ms=12.3456
+    )
+    html = admin_client.get(reverse("admin:runtimes_auditevent_changelist")).content.decode()
+    assert "12.3 ms" in html and "12.3456" not in html
 
 
 @pytest.fixture

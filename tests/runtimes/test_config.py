@@ -48,7 +48,7 @@ def test_example_fixture_is_valid() -> None:
             display_name="Local reference runtime",
             kind="remote",
             base_url="http://127.0.0.1:38800",
-            token_ref="env:YOI_RUNTIME_LOCAL_TOKEN",
+            token_ref="env:YOI_RUNTIME_TOKEN_LOCAL",
             connect_timeout=2.0,
             read_timeout=10.0,
             enabled=True,

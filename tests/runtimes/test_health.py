@@ -14,13 +14,17 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 from pytest_django.fixtures import Settings as SettingsWrapper
 
-from runtimes.errors import RuntimeNotFound, RuntimeUnreachable
-from runtimes.health import probe_runtimes, runtime_call, runtime_probe
-from runtimes.models import Runtime
+from runtimes import health
+from runtimes.breaker import BASE_COOLDOWN, CircuitBreaker
+from runtimes.errors import RuntimeAuthFailed, RuntimeNotFound, RuntimeUnreachable
+from runtimes.health import HealthMonitor, probe_runtimes, runtime_call, runtime_probe
+from runtimes.models import ProbeRecord, Runtime
 from runtimes.registry import registry
 from runtimes.selectors import runtime_get_visible, runtime_list_visible
 from tests.backend_process import free_port
 from tests.runtimes.conftest import Listener, ListenerFactory
+from worker_runtime.ids import path_component
+from worker_runtime.store import FsStore
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("isolated_data_dir")]
 
@@ -110,17 +114,123 @@ def test_probe_of_refused_remote_marks_it_offline_and_counts_failures() -> None:
     assert row.consecutive_failures == 2
 
 
-def test_probe_with_unset_token_is_unauthorized_without_connecting(listener: Listener) -> None:
-    remote_row("no-token", listener.base_url, token_ref=f"env:{UNSET_TOKEN_ENV}")
+def test_probe_with_unset_token_is_a_local_failure_that_leaves_the_row(listener: Listener) -> None:
+    row = remote_row("no-token", listener.base_url, token_ref=f"env:{UNSET_TOKEN_ENV}", status="online")
     [result] = probe_runtimes()
-    assert (result.state, result.error_code) == ("unauthorized", "runtime_auth_failed")
-    row = Runtime.objects.get(runtime_id="no-token")
-    assert (row.status, row.status_error_code, row.consecutive_failures) == (
-        "unauthorized",
-        "runtime_auth_failed",
-        1,
-    )
+    assert (result.state, result.error_code, result.local) == ("local_failure", "runtime_auth_failed", True)
+    after = Runtime.objects.get(runtime_id="no-token")
+    assert (after.status, after.checked_at, after.consecutive_failures) == ("online", row.checked_at, 0)
     assert listener.connections() == 0
+    assert not ProbeRecord.objects.exists()
+
+
+def test_probe_runtimes_command_without_the_token_variable_reports_locally_and_exits_non_zero(
+    listener: Listener,
+) -> None:
+    remote_row("no-token", listener.base_url, token_ref=f"env:{UNSET_TOKEN_ENV}", status="online")
+    embedded_row("emb")
+    out = StringIO()
+    with pytest.raises(CommandError, match="could not be probed from this process: no-token"):
+        call_command("probe_runtimes", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "emb: online (" + lines[0].split("(", 1)[1]
+    assert lines[1].startswith("no-token: local_failure runtime_auth_failed (")
+    assert lines[1].endswith("not probed from this process; its status was left as it was")
+    assert Runtime.objects.get(runtime_id="no-token").status == "online"
+
+
+def test_probe_of_an_embedded_store_held_by_another_process_leaves_the_row(settings: SettingsWrapper) -> None:
+    embedded_row("emb", status="online")
+    # The serving process holds the store's lock; a second FsStore on it is what a second process sees.
+    holder = FsStore(Path(settings.YOI_DATA_DIR) / "embedded" / path_component("emb"))
+    holder.open("emb")
+    try:
+        [result] = probe_runtimes()
+    finally:
+        holder.close()
+    assert (result.state, result.error_code) == ("local_failure", "runtime_unreachable")
+    assert Runtime.objects.get(runtime_id="emb").status == "online"
+
+
+def test_runtime_call_with_an_unresolvable_token_leaves_the_row_and_the_breaker(listener: Listener) -> None:
+    remote_row("no-token", listener.base_url, token_ref=f"env:{UNSET_TOKEN_ENV}", status="online")
+    for _ in range(6):
+        with pytest.raises(RuntimeAuthFailed):
+            runtime_call("no-token", lambda handle: handle.list_workers())
+    assert registry.breaker_state("no-token") == "closed"
+    assert Runtime.objects.get(runtime_id="no-token").status == "online"
+    assert listener.connections() == 0
+
+
+def test_probes_are_kept_as_history(settings: SettingsWrapper) -> None:
+    embedded_row("emb")
+    for _ in range(3):
+        runtime_probe(runtime_id="emb", source="refresh")
+    assert list(ProbeRecord.objects.values_list("state", "source")) == [("online", "refresh")] * 3
+
+
+def test_history_keeps_the_newest_probes_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(health, "PROBE_HISTORY", 2)
+    embedded_row("emb")
+    for _ in range(4):
+        runtime_probe(runtime_id="emb")
+    assert ProbeRecord.objects.count() == 2
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def open_breaker(runtime_id: str, clock: FakeClock) -> CircuitBreaker:
+    breaker = CircuitBreaker(runtime_id, clock=clock)
+    registry._breakers[runtime_id] = breaker
+    for _ in range(5):
+        breaker.record_failure()
+    assert breaker.state == "open"
+    return breaker
+
+
+def test_monitor_reprobes_a_half_open_runtime_and_marks_it_online() -> None:
+    embedded_row("emb", status="offline", status_error_code="runtime_unreachable")
+    registry.connections(fresh=True)
+    clock = FakeClock()
+    breaker = open_breaker("emb", clock)
+    monitor = HealthMonitor(interval=1, sweep_interval=3600)
+    assert monitor.run_once() == []  # still open: not due
+    clock.now += BASE_COOLDOWN
+    [result] = monitor.run_once()
+    assert (result.runtime_id, result.state) == ("emb", "online")
+    assert breaker.state == "closed"
+    assert Runtime.objects.get(runtime_id="emb").status == "online"
+    assert ProbeRecord.objects.get().source == "background"
+
+
+def test_monitor_trial_failure_reopens_the_breaker_with_a_longer_cooldown() -> None:
+    remote_row("dead", refused_url(), status="offline")
+    registry.connections(fresh=True)
+    clock = FakeClock()
+    breaker = open_breaker("dead", clock)
+    clock.now += BASE_COOLDOWN
+    monitor = HealthMonitor(interval=1, sweep_interval=3600)
+    [result] = monitor.run_once()
+    assert result.state == "offline"
+    assert breaker.state == "open"
+    clock.now += BASE_COOLDOWN
+    assert breaker.state == "open"  # the cooldown doubled
+    assert monitor.run_once() == []
+
+
+def test_monitor_sweep_reprobes_failed_rows_with_a_closed_breaker() -> None:
+    embedded_row("emb", status="offline", status_error_code="runtime_unreachable")
+    embedded_row("fine", status="configured")
+    registry.connections(fresh=True)
+    results = HealthMonitor(interval=1, sweep_interval=0).run_once()
+    assert [(r.runtime_id, r.state) for r in results] == [("emb", "online")]
+    assert Runtime.objects.get(runtime_id="fine").status == "configured"
 
 
 def test_probe_of_disabled_runtime_makes_no_connection_and_leaves_the_row(listener: Listener) -> None:

@@ -159,7 +159,7 @@ def test_unresolvable_ref_raises_auth_failed_without_detail(
     assert "runtimes.secret.unresolved" in logged(caplog)
 
 
-@pytest.mark.parametrize("ref", ["env:A", "env:_x1", "env:YOI_RUNTIME_LOCAL_TOKEN", "file:/run/secrets/build-1"])
+@pytest.mark.parametrize("ref", ["env:A", "env:_x1", "env:YOI_RUNTIME_TOKEN_LOCAL", "file:/run/secrets/build-1"])
 def test_validate_token_ref_accepts(ref: str) -> None:
     validate_token_ref(ref)
 

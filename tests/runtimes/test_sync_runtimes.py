@@ -258,7 +258,7 @@ def test_file_defaults_to_the_setting(tmp_path: Path) -> None:
     with override_settings(YOI_RUNTIMES_CONFIG=str(EXAMPLE)):
         assert sync() == ["embedded: created", "local: created"]
     local = Runtime.objects.get(runtime_id="local")
-    assert (local.base_url, local.token_ref) == ("http://127.0.0.1:38800", "env:YOI_RUNTIME_LOCAL_TOKEN")
+    assert (local.base_url, local.token_ref) == ("http://127.0.0.1:38800", "env:YOI_RUNTIME_TOKEN_LOCAL")
 
 
 def test_runtime_repr_shows_only_the_id(tmp_path: Path) -> None:

@@ -195,6 +195,10 @@ def error_of(response: Any) -> dict[str, Any]:
     body = json.loads(response.content)
     assert set(body) == {"error"}, body
     error: dict[str, Any] = body["error"]
+    # The request id is the one the response header carries (checked, then left out of comparisons).
+    request_id = error.pop("request_id", None)
+    if request_id is not None:
+        assert response["X-Request-ID"] == request_id
     return error
 
 

@@ -11,6 +11,7 @@ from rest_framework.test import APIClient
 
 from runtimes.models import AuditEvent, Runtime
 from tests.workers.conftest import DEAD_TOKEN_VALUE
+from tests.workers.remote_helpers import error_of
 
 pytestmark = pytest.mark.django_db
 
@@ -135,7 +136,7 @@ def test_unknown_worker_is_worker_not_found(api_client: APIClient, embedded_runt
     ]:
         response = getattr(api_client, method)(url)
         assert response.status_code == 404
-        assert response.json()["error"] == {
+        assert error_of(response) == {
             "code": "worker_not_found",
             "message": "worker nope not found on runtime local",
             "retryable": False,

@@ -33,6 +33,10 @@ def envelope(response: Any) -> dict[str, Any]:
     assert isinstance(error["code"], str) and error["code"]
     assert isinstance(error["message"], str) and error["message"]
     assert isinstance(error["retryable"], bool)
+    # The request id is the one the response header carries (checked, then left out of comparisons).
+    request_id = error.pop("request_id", None)
+    if request_id is not None:
+        assert response["X-Request-ID"] == request_id
     return error
 
 

@@ -263,9 +263,9 @@ def test_oversized_request_body_is_413_without_reading_it_all(
     raw = json.dumps({"content": "x" * 2000}).encode()
     response = api_client.post(WORKER + "input/", raw, content_type="application/json")
     assert response.status_code == 413
-    assert response.json() == {
-        "error": {"code": "payload_too_large", "message": "the request body is too large", "retryable": False}
-    }
+    error = response.json()["error"]
+    assert error.pop("request_id") == response["X-Request-ID"]
+    assert error == {"code": "payload_too_large", "message": "the request body is too large", "retryable": False}
     assert services.calls == []
 
 

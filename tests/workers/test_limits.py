@@ -47,9 +47,9 @@ def test_commands_over_the_rate_are_429_rate_limited_with_retry_after_and_audite
     for path, body in [(f"{WORKERS}{worker}/cancel/", {}), (f"{WORKERS}{worker}/input/", {"content": "x"})]:
         response = api_client.post(path, body, format="json")
         assert response.status_code == 429, response.content
-        assert response.json() == {
-            "error": {"code": "rate_limited", "message": "too many requests; retry later", "retryable": True}
-        }
+        error = response.json()["error"]
+        assert error.pop("request_id") == response["X-Request-ID"]
+        assert error == {"code": "rate_limited", "message": "too many requests; retry later", "retryable": True}
         assert 1 <= int(response["Retry-After"]) <= 60
     # Reads are not commands: never limited.
     for _ in range(5):
@@ -216,7 +216,9 @@ def test_an_api_client_gets_the_error_envelope(login_user: User, settings: Any) 
     answer = client.post("/login/", credentials, headers={"Accept": "application/json"})
     assert answer.status_code == 429
     assert answer["Content-Type"] == "application/json"
-    assert answer.json()["error"] == {
+    error = answer.json()["error"]
+    assert error.pop("request_id") == answer["X-Request-ID"]
+    assert error == {
         "code": "rate_limited",
         "message": "too many failed logins; retry later",
         "retryable": True,

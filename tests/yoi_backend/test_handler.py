@@ -70,8 +70,8 @@ async def test_a_request_is_served_on_a_pool_thread_that_keeps_its_database_conn
     app = PooledASGIHandler(max_threads=1)
     try:
         for _ in range(3):
-            status, body = await request(app, "/healthz")  # runs a query: opens (or reuses) a connection
-            assert (status, json.loads(body)) == (200, {"status": "ok"})
+            status, body = await request(app, "/readyz")  # runs a query: opens (or reuses) a connection
+            assert (status, json.loads(body)["status"]) == (200, "ready")
     finally:
         app.executor.shutdown(wait=True)
     names = {name for name, _ in finished}
@@ -82,7 +82,7 @@ async def test_a_request_is_served_on_a_pool_thread_that_keeps_its_database_conn
 async def test_more_concurrent_requests_than_threads_wait_for_a_thread() -> None:
     app = PooledASGIHandler(max_threads=2)
     try:
-        results = await asyncio.gather(*(request(app, "/healthz") for _ in range(6)))
+        results = await asyncio.gather(*(request(app, "/readyz") for _ in range(6)))
     finally:
         app.executor.shutdown(wait=True)
     assert [status for status, _ in results] == [200] * 6

@@ -1,4 +1,8 @@
-"""``manage.py probe_runtimes [ids…]``: refresh the status + capability cache of runtimes, in parallel."""
+"""``manage.py probe_runtimes [ids…]``: refresh the status + capability cache of runtimes, in parallel.
+
+A runtime this process cannot probe (its token ref does not resolve here, or its embedded store belongs to
+the serving Backend) gets its line and leaves its row alone; the command then exits non-zero.
+"""
 
 from __future__ import annotations
 
@@ -24,9 +28,19 @@ class Command(BaseCommand):
         unknown = sorted(set(ids) - set(known))
         if unknown:
             raise CommandError(f"unknown runtime ids: {', '.join(unknown)}")
-        results = probe_runtimes(runtime_ids=ids or None)
+        results = probe_runtimes(runtime_ids=ids or None, source="command")
         if not results:
             self.stdout.write("no runtimes registered")
         for result in results:
             detail = f" {result.error_code}" if result.error_code else ""
-            self.stdout.write(f"{result.runtime_id}: {result.state}{detail} ({result.latency_ms:.0f} ms)")
+            line = f"{result.runtime_id}: {result.state}{detail} ({result.latency_ms:.0f} ms)"
+            if result.local:
+                line += " - not probed from this process; its status was left as it was"
+            self.stdout.write(line)
+        local = [result.runtime_id for result in results if result.local]
+        if local:
+            # Its token ref does not resolve in this environment, or its embedded store is served elsewhere.
+            raise CommandError(
+                f"{len(local)} runtime(s) could not be probed from this process: {', '.join(local)}. "
+                "Run probe_runtimes with the serving Backend's environment, or use the admin's probe."
+            )

@@ -386,9 +386,10 @@ async function loadRuntimes() {
   if (state.route.rid && !state.route.wid) renderRuntimeView();
 }
 
-async function refreshRuntime(rid) {
+/** Reload one runtime; with `probe` ("Refresh status") the Backend asks the runtime now instead of its cache. */
+async function refreshRuntime(rid, { probe = false } = {}) {
   try {
-    const runtime = await api(urls.runtime(rid));
+    const runtime = probe ? await api(`${urls.runtime(rid)}probe/`, { method: "POST" }) : await api(urls.runtime(rid));
     if (!state.runtimes.has(rid)) state.order.push(rid);
     state.runtimes.set(rid, runtime);
     if (state.route.rid === rid) showError($("runtime-error"), null);
@@ -1473,7 +1474,7 @@ document.addEventListener("visibilitychange", () => {
 // ------------------------------------------------------------------------------------------------ wiring
 
 $("runtimes-refresh").addEventListener("click", loadRuntimes);
-$("rt-refresh").addEventListener("click", () => state.route.rid && refreshRuntime(state.route.rid));
+$("rt-refresh").addEventListener("click", () => state.route.rid && refreshRuntime(state.route.rid, { probe: true }));
 $("workers-refresh").addEventListener("click", () => state.route.rid && loadWorkers(state.route.rid));
 $("create-form").addEventListener("submit", createWorker);
 $("create-profile").addEventListener("change", describeProfile);
