@@ -196,3 +196,14 @@ def direct_writer(send: Callable[..., Any]) -> DirectWriter | None:
     if turn_flush is None:
         turn_flush = _turn_flushes[loop] = _TurnFlush(loop)
     return DirectWriter(protocol, turn_flush)
+
+
+def mute_incoming(send: Callable[..., Any]) -> bool:
+    """Have daphne drop every further message the client sends on the connection behind ``send`` (its own
+    ``muted`` flag), so a client flooding a socket being closed queues nothing more for the application.
+    False when the server is not daphne."""
+    protocol = _protocol_of(send)
+    if protocol is None or not hasattr(protocol, "muted"):
+        return False
+    protocol.muted = True
+    return True

@@ -47,6 +47,20 @@ def env_float(name: str, default: float) -> float:
     return value
 
 
+def env_count(name: str, default: int) -> int:
+    """Read a whole number >= 0 (where 0 usually turns a limit off)."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a whole number, got {raw!r}") from exc
+    if value < 0:
+        raise ImproperlyConfigured(f"{name} must be >= 0, got {raw!r}")
+    return value
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     """Read a comma-separated list setting."""
     raw = os.environ.get(name)
@@ -81,6 +95,15 @@ YOI_RELAY_SUBSCRIBER_FRAMES = int(env_float("YOI_RELAY_SUBSCRIBER_FRAMES", 2048)
 YOI_RELAY_BUFFER_EVENTS = int(env_float("YOI_RELAY_BUFFER_EVENTS", 4096))
 YOI_RELAY_BACKOFF_BASE = env_float("YOI_RELAY_BACKOFF_BASE", 0.5)
 YOI_RELAY_BACKOFF_CAP = env_float("YOI_RELAY_BACKOFF_CAP", 15.0)
+# Event sockets (workers/consumers.py, workers/sockets.py): open sockets per user (0 = no cap; counted across
+# processes in Redis when REDIS_URL is set), how often every open socket's session, user and runtime
+# visibility are checked again, how long the runtime/worker lookup of a new socket may take, and what an
+# observation-only socket tolerates from a client before it is closed 4400.
+YOI_MAX_SOCKETS_PER_USER = env_count("YOI_MAX_SOCKETS_PER_USER", 64)
+YOI_SOCKET_REVALIDATE_SECONDS = env_float("YOI_SOCKET_REVALIDATE_SECONDS", 20.0)
+YOI_SOCKET_LOOKUP_TIMEOUT_SECONDS = env_float("YOI_SOCKET_LOOKUP_TIMEOUT_SECONDS", 10.0)
+YOI_SOCKET_MAX_CLIENT_MESSAGE_BYTES = env_count("YOI_SOCKET_MAX_CLIENT_MESSAGE_BYTES", 4096)
+YOI_SOCKET_MAX_CLIENT_MESSAGES = env_count("YOI_SOCKET_MAX_CLIENT_MESSAGES", 10)
 
 INSTALLED_APPS = [
     "daphne",
