@@ -1,0 +1,194 @@
+"""What the socket-policy end-to-end tests share: embedded runtime rows, users with sessions, timed closes.
+
+``make_users`` creates users (each with a login session, some in groups, one superuser) and restricts
+runtimes to groups, in one ``manage.py shell`` run against a Backend's database. ``closes_within`` opens
+nothing itself: it makes a change and measures how long the given sockets take to get their error frame
+and close, which is the figure the policy tests report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tests.relay_e2e.conftest import USERNAME, Backend
+from tests.relay_e2e.ws_client import WsClient
+from tests.runtime_process import RuntimeProcess, create_worker
+
+# Within this of a change that Django sees (or the registry of a Backend does), a socket must be closed.
+PROMPT_CLOSE = 5.0
+CONNECTED_TIMEOUT = 20.0
+CHANGE_TIMEOUT = 120.0
+
+USERS_SCRIPT = """
+import json
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+from django.contrib.auth.models import Group, User
+from django.contrib.sessions.backends.db import SessionStore
+from runtimes.models import Runtime
+spec = json.loads(%(spec)r)
+def login(user, expiry):
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    if expiry:
+        session.set_expiry(expiry)
+    session.create()
+    return session.session_key
+out = {}
+for name, info in spec["users"].items():
+    user = User.objects.create_user(name, is_staff=info.get("admin", False), is_superuser=info.get("admin", False))
+    user.groups.set([Group.objects.get_or_create(name=g)[0] for g in info.get("groups", [])])
+    out[name] = {"id": user.pk, "session_key": login(user, info.get("expiry"))}
+# The suite's API user creates the workers, on restricted runtimes too.
+User.objects.filter(username=spec["api_user"]).update(is_staff=True)
+for runtime_id, groups in spec["runtime_groups"].items():
+    Runtime.objects.get(runtime_id=runtime_id).groups.set([Group.objects.get_or_create(name=g)[0] for g in groups])
+ids = {
+    "runtimes": dict(Runtime.objects.values_list("runtime_id", "pk")),
+    "groups": dict(Group.objects.values_list("name", "pk")),
+}
+print("USERS " + json.dumps({"users": out, "ids": ids}))
+"""
+
+
+@dataclass(frozen=True)
+class EmbeddedEntry:
+    """An ``embedded`` ``[[runtime]]`` of a generated runtimes file (no address, no token)."""
+
+    runtime_id: str
+    token: str | None = None
+
+    @property
+    def token_env(self) -> str:
+        """Unused: an embedded runtime has no token."""
+        return ""
+
+    def toml(self) -> str:
+        """The ``[[runtime]]`` table."""
+        rid = self.runtime_id
+        return f'[[runtime]]\nruntime_id = "{rid}"\ndisplay_name = "E2E {rid}"\nkind = "embedded"\n'
+
+
+@dataclass(frozen=True)
+class Login:
+    """A user made by ``make_users``: its id and a session cookie value."""
+
+    user_id: int
+    session_key: str
+
+
+@dataclass(frozen=True)
+class People:
+    """What ``make_users`` made: logins by username, and the admin's ids of runtime rows and groups."""
+
+    users: dict[str, Login]
+    runtime_pks: dict[str, int]
+    group_pks: dict[str, int]
+
+
+def make_users(
+    backend: Backend, users: Mapping[str, Mapping[str, Any]], runtime_groups: Mapping[str, Sequence[str]]
+) -> People:
+    """Create ``users`` (``{"groups": [...], "admin": bool, "expiry": seconds}``) with a session each, and
+    limit runtimes to groups; the suite's API user (which creates workers) becomes staff."""
+    spec = json.dumps({"users": users, "runtime_groups": runtime_groups, "api_user": USERNAME})
+    result = backend.manage("shell", "-c", USERS_SCRIPT % {"spec": spec})
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("USERS "))
+    data = json.loads(line.removeprefix("USERS "))
+    return People(
+        users={name: Login(int(info["id"]), str(info["session_key"])) for name, info in data["users"].items()},
+        runtime_pks={key: int(pk) for key, pk in data["ids"]["runtimes"].items()},
+        group_pks={key: int(pk) for key, pk in data["ids"]["groups"].items()},
+    )
+
+
+def connected(client: WsClient) -> bool:
+    """The socket is relaying: the upstream is up."""
+    return any(f.get("upstream") == "connected" for f in client.of_type("state"))
+
+
+async def watch(backend: Backend, runtime_id: str, worker_id: str, login: Login, *, name: str) -> WsClient:
+    """A relaying browser socket of ``login`` on a worker (from its first event)."""
+    client = await WsClient.connect(
+        backend.ws_url(runtime_id, worker_id, after=0),
+        session_key=login.session_key,
+        origin=backend.origin,
+        name=name,
+    )
+    await client.wait_for(connected, timeout=CONNECTED_TIMEOUT, what="upstream connected")
+    return client
+
+
+async def watch_new_worker(
+    backend: Backend, rt: RuntimeProcess | None, runtime_id: str, login: Login, *, name: str
+) -> WsClient:
+    """Create an echo worker (on the runtime process, or through the Backend for an embedded runtime) and
+    watch it."""
+    if rt is not None:
+        worker_id = str((await asyncio.to_thread(create_worker, rt))["worker_id"])
+    else:
+        response = await asyncio.to_thread(
+            backend.api, "POST", f"runtimes/{runtime_id}/workers/", {"profile": "builtin:echo"}
+        )
+        assert response.status_code == 201, response.text
+        worker_id = str(response.json()["worker_id"])
+    return await watch(backend, runtime_id, worker_id, login, name=name)
+
+
+@dataclass(frozen=True)
+class TimedClose:
+    """How a socket ended after a change: its close code, the error it was told, seconds after the change."""
+
+    code: int | None
+    error_code: str | None
+    seconds: float
+
+
+async def closes_within(
+    clients: Sequence[WsClient],
+    change: Callable[[], Awaitable[object]],
+    *,
+    timeout: float = PROMPT_CLOSE,
+    from_end: bool = False,
+) -> list[TimedClose]:
+    """Make ``change``; wait for every client to close; each one's close, timed from the start of the change
+    (or, with ``from_end``, from when the change returned: a command in another process commits just before
+    it exits, and its start-up is not part of the change)."""
+    started = time.monotonic()
+    closed_at: dict[int, float] = {}
+
+    async def one(index: int, client: WsClient) -> None:
+        # Bounded below, from the end of the change (which may take a while: another process starting).
+        await client.wait_closed(timeout=CHANGE_TIMEOUT + timeout)
+        closed_at[index] = time.monotonic()
+
+    waiters = [asyncio.create_task(one(index, client)) for index, client in enumerate(clients)]
+    await change()
+    origin = time.monotonic() if from_end else started
+    deadline = origin + timeout
+    done, pending = await asyncio.wait(waiters, timeout=max(0.0, deadline - time.monotonic()))
+    for task in pending:
+        task.cancel()
+    for task in done:
+        task.result()
+    results = []
+    for index, client in enumerate(clients):
+        errors = client.of_type("error")
+        error_code = errors[-1]["error"]["code"] if errors else None
+        seconds = closed_at[index] - origin if index in closed_at else float("inf")
+        results.append(TimedClose(client.close_code, error_code, seconds))
+    return results
+
+
+def report(row: str, closes: Sequence[TimedClose]) -> None:
+    """Print a row's figure (seen with ``-s``; the closing note quotes them)."""
+    worst = max(close.seconds for close in closes)
+    print(f"\npolicy close: {row}: {len(closes)} socket(s), slowest {worst:.3f} s after the change")
