@@ -31,7 +31,13 @@ from workers.relay import Subscriber, relay_hub
 from workers.serializers import id_errors
 from workers.services import worker_get
 from workers.sockets import GOING_AWAY, live_sockets
-from workers.transport import WRITE_HIGH_WATER, direct_writer, mute_incoming, pending_write_bytes
+from workers.transport import (
+    WRITE_HIGH_WATER,
+    close_going_away,
+    direct_writer,
+    mute_incoming,
+    pending_write_bytes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +182,8 @@ class WorkerEventsConsumer(AsyncJsonWebsocketConsumer):
     async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
         """Close from the server side (once: later closes, and frames, are for a socket already closing)."""
         self.ended = True
+        if code == GOING_AWAY and close_going_away(self.base_send):
+            return  # daphne would refuse to send 1001 itself
         await super().close(code=code, reason=reason)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:

@@ -207,3 +207,17 @@ def mute_incoming(send: Callable[..., Any]) -> bool:
         return False
     protocol.muted = True
     return True
+
+
+def close_going_away(send: Callable[..., Any]) -> bool:
+    """Close the connection behind ``send`` with 1001 ("going away", RFC 6455 §7.4.1: a server going
+    down). autobahn's public close refuses every code but 1000 and 3000-4999, so daphne cannot send 1001
+    for an application; this sends the close frame as autobahn's own close does. False when the server is
+    not daphne or the connection is not open."""
+    protocol = _protocol_of(send)
+    if protocol is None or not hasattr(protocol, "sendCloseFrame") or not hasattr(protocol, "STATE_OPEN"):
+        return False
+    if protocol.state != protocol.STATE_OPEN:
+        return False
+    protocol.sendCloseFrame(code=1001, isReply=False)
+    return True
