@@ -110,21 +110,23 @@ def make_users(
     )
 
 
-def connected(client: WsClient) -> bool:
-    """The socket is relaying: the upstream is up."""
-    return any(f.get("upstream") == "connected" for f in client.of_type("state"))
+def relaying(client: WsClient) -> bool:
+    """The socket is relaying: it has an event (a process following another's upstream learns that it is
+    connected only from the next live event), or the upstream is up."""
+    return bool(client.events()) or any(f.get("upstream") == "connected" for f in client.of_type("state"))
 
 
 async def watch(backend: Backend, runtime_id: str, worker_id: str, login: Login, *, name: str) -> WsClient:
     """A relaying browser socket of ``login`` on a worker (from its first event)."""
-    client = await WsClient.connect(
-        backend.ws_url(runtime_id, worker_id, after=0),
-        session_key=login.session_key,
-        origin=backend.origin,
-        name=name,
-    )
-    await client.wait_for(connected, timeout=CONNECTED_TIMEOUT, what="upstream connected")
+    client = await open_watch(backend, runtime_id, worker_id, login, name=name)
+    await client.wait_for(relaying, timeout=CONNECTED_TIMEOUT, what="relaying")
     return client
+
+
+async def open_watch(backend: Backend, runtime_id: str, worker_id: str, login: Login, *, name: str) -> WsClient:
+    """A browser socket of ``login`` on a worker from its first event, as soon as it is accepted."""
+    url = backend.ws_url(runtime_id, worker_id, after=0)
+    return await WsClient.connect(url, session_key=login.session_key, origin=backend.origin, name=name)
 
 
 async def watch_new_worker(
