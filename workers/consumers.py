@@ -25,7 +25,7 @@ from django.conf import settings
 
 from runtimes.errors import InvalidRequest, NotAuthenticated, NotFound, RateLimited, RuntimeTimeout, YoiError
 from runtimes.types import WorkerDetail
-from workers.frames import error_frame
+from workers.frames import CLOSE_CODE_BASE, error_frame
 from workers.policy import SocketAccess, scope_session_key
 from workers.relay import Subscriber, relay_hub
 from workers.serializers import id_errors
@@ -35,8 +35,9 @@ from workers.transport import (
     WRITE_HIGH_WATER,
     close_going_away,
     direct_writer,
-    mute_incoming,
+    limit_incoming,
     pending_write_bytes,
+    resume_incoming,
 )
 
 logger = logging.getLogger(__name__)
@@ -83,12 +84,19 @@ class WorkerEventsConsumer(AsyncJsonWebsocketConsumer):
     policy_groups: tuple[str, ...] = ()
     ended = False
     client_messages = 0
+    incoming_limited = False
 
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close(code=ANONYMOUS_CLOSE_CODE)
             return
+        # Under daphne the limits on what a client sends also hold at the transport (see receive).
+        self.incoming_limited = limit_incoming(
+            self.base_send,
+            max_messages=int(settings.YOI_SOCKET_MAX_CLIENT_MESSAGES),
+            max_bytes=int(settings.YOI_SOCKET_MAX_CLIENT_MESSAGE_BYTES),
+        )
         await self.accept()
         if live_sockets.draining:
             await self.end(None, code=GOING_AWAY)  # this process is stopping: reconnect to another
@@ -199,12 +207,12 @@ class WorkerEventsConsumer(AsyncJsonWebsocketConsumer):
             size = len(text_data.encode("utf-8", "surrogatepass"))
         if size <= limit and self.client_messages <= int(settings.YOI_SOCKET_MAX_CLIENT_MESSAGES):
             return
-        # A flooding client may have thousands more messages on their way: daphne drops them from now on.
-        muted = mute_incoming(self.base_send)
         await self.end(InvalidRequest(message=OBSERVATION_ONLY))
-        if muted:
-            # A muted connection's disconnect is not delivered either: this consumer ends here.
-            await self.disconnect(InvalidRequest.status + 4000)
+        if self.incoming_limited:
+            # daphne drops whatever else the client sends, and will not deliver the disconnect either: read on
+            # only for the closing handshake, and end this consumer here.
+            resume_incoming(self.base_send)
+            await self.disconnect(CLOSE_CODE_BASE + InvalidRequest.status)
             raise StopConsumer
 
     # ------------------------------------------------------------------------------------ policy messages

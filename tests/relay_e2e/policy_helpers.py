@@ -40,12 +40,13 @@ def login(user, expiry):
     if expiry:
         session.set_expiry(expiry)
     session.create()
-    return session.session_key
+    return session.session_key, session.get_expiry_date().timestamp()
 out = {}
 for name, info in spec["users"].items():
     user = User.objects.create_user(name, is_staff=info.get("admin", False), is_superuser=info.get("admin", False))
     user.groups.set([Group.objects.get_or_create(name=g)[0] for g in info.get("groups", [])])
-    out[name] = {"id": user.pk, "session_key": login(user, info.get("expiry"))}
+    key, expires = login(user, info.get("expiry"))
+    out[name] = {"id": user.pk, "session_key": key, "expires": expires}
 # The suite's API user creates the workers, on restricted runtimes too.
 User.objects.filter(username=spec["api_user"]).update(is_staff=True)
 for runtime_id, groups in spec["runtime_groups"].items():
@@ -78,10 +79,11 @@ class EmbeddedEntry:
 
 @dataclass(frozen=True)
 class Login:
-    """A user made by ``make_users``: its id and a session cookie value."""
+    """A user made by ``make_users``: its id, a session cookie value and when that session expires (epoch)."""
 
     user_id: int
     session_key: str
+    expires: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,10 @@ def make_users(
     line = next(line for line in result.stdout.splitlines() if line.startswith("USERS "))
     data = json.loads(line.removeprefix("USERS "))
     return People(
-        users={name: Login(int(info["id"]), str(info["session_key"])) for name, info in data["users"].items()},
+        users={
+            name: Login(int(info["id"]), str(info["session_key"]), float(info["expires"]))
+            for name, info in data["users"].items()
+        },
         runtime_pks={key: int(pk) for key, pk in data["ids"]["runtimes"].items()},
         group_pks={key: int(pk) for key, pk in data["ids"]["groups"].items()},
     )
