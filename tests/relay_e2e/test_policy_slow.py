@@ -228,8 +228,8 @@ async def test_a_flood_of_tiny_messages_is_closed_4400_and_memory_returns(stage:
     peak = max(sampler.samples, default=after)
     mib = 1024 * 1024
     print(
-        f"\nflood: {FLOOD_MESSAGES} messages of 1 byte tried, {written // len(TINY_FRAME)} taken by the socket before the "
-        f"Backend closed ({code}) in {elapsed:.2f} s; daphne RSS baseline {baseline / mib:.1f} MiB, "
+        f"\nflood: {FLOOD_MESSAGES} messages of 1 byte tried, {written // len(TINY_FRAME)} taken by the socket "
+        f"before the Backend closed ({code}) in {elapsed:.2f} s; daphne RSS baseline {baseline / mib:.1f} MiB, "
         f"peak {peak / mib:.1f} MiB, after {after / mib:.1f} MiB"
     )
     assert code == 4400
