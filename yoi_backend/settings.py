@@ -7,12 +7,15 @@ ImproperlyConfigured instead of starting a half-configured service.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+_Num = TypeVar("_Num", int, float)
 
 
 def env_str(name: str, default: str) -> str:
@@ -33,31 +36,29 @@ def env_bool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
 
 
-def env_float(name: str, default: float) -> float:
-    """Read a positive float setting."""
+def _env_number(name: str, default: _Num, parse: Callable[[str], _Num], kind: str) -> _Num:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = float(raw)
+        return parse(raw)
     except ValueError as exc:
-        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from exc
+        raise ImproperlyConfigured(f"{name} must be {kind}, got {raw!r}") from exc
+
+
+def env_float(name: str, default: float) -> float:
+    """Read a positive float setting."""
+    value = _env_number(name, default, float, "a number")
     if value <= 0:
-        raise ImproperlyConfigured(f"{name} must be positive, got {raw!r}")
+        raise ImproperlyConfigured(f"{name} must be positive, got {value!r}")
     return value
 
 
 def env_count(name: str, default: int) -> int:
     """Read a whole number >= 0 (where 0 usually turns a limit off)."""
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ImproperlyConfigured(f"{name} must be a whole number, got {raw!r}") from exc
+    value = _env_number(name, default, int, "a whole number")
     if value < 0:
-        raise ImproperlyConfigured(f"{name} must be >= 0, got {raw!r}")
+        raise ImproperlyConfigured(f"{name} must be >= 0, got {value!r}")
     return value
 
 

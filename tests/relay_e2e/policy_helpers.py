@@ -9,15 +9,19 @@ and close, which is the figure the policy tests report.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from tests.relay_e2e.conftest import USERNAME, Backend
-from tests.relay_e2e.ws_client import WsClient
-from tests.runtime_process import RuntimeProcess, create_worker
+import pytest
+
+from tests.relay_e2e.conftest import USERNAME, Backend, BackendLauncher
+from tests.relay_e2e.ws_client import WsClient, close_all
+from tests.runtime_process import RuntimeProcess, create_worker, kill_spawned_since, spawned_count
 
 # Within this of a change that Django sees (or the registry of a Backend does), a socket must be closed.
 PROMPT_CLOSE = 5.0
@@ -165,23 +169,29 @@ async def closes_within(
     *,
     timeout: float = PROMPT_CLOSE,
     from_end: bool = False,
+    changed_at: Callable[[], Awaitable[float]] | None = None,
 ) -> list[TimedClose]:
-    """Make ``change``; wait for every client to close; each one's close, timed from the start of the change
-    (or, with ``from_end``, from when the change returned: a command in another process commits just before
-    it exits, and its start-up is not part of the change)."""
-    started = time.monotonic()
+    """Make ``change``; wait for every client to close; each one's close, timed from the start of the change.
+
+    A change made by another process is timed from when it was made: ``changed_at`` says when (the epoch
+    time, read after the fact, e.g. a row's ``updated_at``), or with ``from_end`` from when ``change``
+    returned (a command commits just before it exits, and its start-up is not part of the change).
+    """
+    started = time.time()
     closed_at: dict[int, float] = {}
 
     async def one(index: int, client: WsClient) -> None:
         # Bounded below, from the end of the change (which may take a while: another process starting).
         await client.wait_closed(timeout=CHANGE_TIMEOUT + timeout)
-        closed_at[index] = time.monotonic()
+        closed_at[index] = time.time()
 
     waiters = [asyncio.create_task(one(index, client)) for index, client in enumerate(clients)]
     await change()
-    origin = time.monotonic() if from_end else started
-    deadline = origin + timeout
-    done, pending = await asyncio.wait(waiters, timeout=max(0.0, deadline - time.monotonic()))
+    if changed_at is not None:
+        origin = await changed_at()
+    else:
+        origin = time.time() if from_end else started
+    done, pending = await asyncio.wait(waiters, timeout=max(0.0, origin + timeout - time.time()))
     for task in pending:
         task.cancel()
     for task in done:
@@ -195,7 +205,63 @@ async def closes_within(
     return results
 
 
+UPDATED_AT_SCRIPT = """
+from runtimes.models import Runtime
+print("UPDATED", Runtime.objects.get(runtime_id=%(runtime_id)r).updated_at.timestamp())
+"""
+
+
+def row_updated_at(backend: Backend, runtime_id: str) -> Callable[[], Awaitable[float]]:
+    """When a runtime row was last saved (its ``updated_at``, epoch seconds): the time of a change that
+    another process made to it."""
+
+    async def read() -> float:
+        result = await asyncio.to_thread(
+            backend.manage, "shell", "-c", UPDATED_AT_SCRIPT % {"runtime_id": runtime_id}
+        )
+        assert result.returncode == 0, result.stderr
+        return float(next(line for line in result.stdout.splitlines() if line.startswith("UPDATED ")).split()[1])
+
+    return read
+
+
 def report(row: str, closes: Sequence[TimedClose]) -> None:
     """Print a row's figure (seen with ``-s``; the closing note quotes them)."""
     worst = max(close.seconds for close in closes)
     print(f"\npolicy close: {row}: {len(closes)} socket(s), slowest {worst:.3f} s after the change")
+
+
+async def expect_closed(
+    clients: Sequence[WsClient],
+    change: Callable[[], object],
+    *,
+    row: str,
+    code: int,
+    error: str,
+    changed_at: Callable[[], Awaitable[float]] | None = None,
+) -> list[TimedClose]:
+    """``change`` (a blocking call, run off the loop) closes every client within PROMPT_CLOSE, each with
+    one ``error`` frame and ``code``; the clients are closed afterwards whatever happened."""
+    try:
+        closes = await closes_within(clients, lambda: asyncio.to_thread(change), changed_at=changed_at)
+    finally:
+        await close_all(clients)
+    report(row, closes)
+    assert [(c.code, c.error_code) for c in closes] == [(code, error)] * len(clients)
+    assert all(c.seconds < PROMPT_CLOSE for c in closes)
+    return closes
+
+
+@contextlib.contextmanager
+def module_site(
+    tmp_path_factory: pytest.TempPathFactory, template: tuple[Path, str, str], name: str
+) -> Iterator[tuple[BackendLauncher, Path]]:
+    """A launcher of Backends for one module and a directory for its runtimes; every process started
+    meanwhile (Backends and runtimes) is killed at the end."""
+    marker = spawned_count()
+    launcher = BackendLauncher(tmp_path_factory.mktemp(name), template)
+    try:
+        yield launcher, tmp_path_factory.mktemp(f"{name}-runtimes")
+    finally:
+        launcher.close()
+        kill_spawned_since(marker)

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import pytest
 
@@ -25,11 +25,10 @@ from tests.relay_e2e.helpers import wait_all, wait_streams_open
 from tests.relay_e2e.policy_helpers import (
     PROMPT_CLOSE,
     People,
-    TimedClose,
-    closes_within,
+    expect_closed,
     make_users,
     open_watch,
-    report,
+    row_updated_at,
 )
 from tests.relay_e2e.ws_client import WsClient, close_all
 from tests.runtime_process import RuntimeProcess, create_worker
@@ -84,26 +83,6 @@ async def both_sides(rt: RuntimeProcess, backends: Sequence[Backend], people: Pe
     return clients
 
 
-async def expect_closed(
-    clients: list[WsClient],
-    change: Callable[[], object],
-    *,
-    row: str,
-    code: int,
-    error: str,
-    from_end: bool = False,
-) -> list[TimedClose]:
-    """``change`` closes every client (on both Backends) promptly with ``code``/``error``."""
-    try:
-        closes = await closes_within(clients, lambda: asyncio.to_thread(change), from_end=from_end)
-    finally:
-        await close_all(clients)
-    report(f"{row}, two Backends on Redis", closes)
-    assert [(c.code, c.error_code) for c in closes] == [(code, error)] * len(clients)
-    assert all(c.seconds < PROMPT_CLOSE for c in closes)
-    return closes
-
-
 @pytest.fixture(autouse=True)
 def fresh_counts() -> None:
     """Each test's Backends have a database of their own (user ids start again) but share the Redis
@@ -144,7 +123,9 @@ async def test_logout_on_one_backend_closes_the_sessions_socket_on_the_other(
     clients = await both_sides(rt, (first, second), people, "u-one")
     browser = AdminBrowser(first.base_url, people.users["u-one"].session_key)
     browser.csrf()
-    await expect_closed(clients, browser.logout, row="logout", code=4401, error="not_authenticated")
+    await expect_closed(
+        clients, browser.logout, row="logout, two Backends on Redis", code=4401, error="not_authenticated"
+    )
 
 
 async def test_an_admin_change_on_one_backend_closes_sockets_on_both(
@@ -158,7 +139,7 @@ async def test_an_admin_change_on_one_backend_closes_sockets_on_both(
     await expect_closed(
         clients,
         lambda: admin.submit(path, fields),
-        row="user deactivated (admin)",
+        row="user deactivated (admin), two Backends on Redis",
         code=4401,
         error="not_authenticated",
     )
@@ -178,8 +159,9 @@ async def test_a_runtime_disabled_by_sync_runtimes_closes_sockets_on_both_backen
         result = first.manage("sync_runtimes", "--file", str(config))
         assert result.returncode == 0, result.stdout + result.stderr
 
-    row = "runtime disabled (sync_runtimes)"
-    await expect_closed(clients, sync, row=row, code=4503, error="runtime_disabled", from_end=True)
+    row = "runtime disabled (sync_runtimes), two Backends on Redis"
+    changed_at = row_updated_at(first, rt.runtime_id)
+    await expect_closed(clients, sync, row=row, code=4503, error="runtime_disabled", changed_at=changed_at)
     await wait_streams_open(rt, lambda n: n == 0, timeout=15, what="every upstream closed")
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.relay_e2e.conftest import Backend, BackendLauncher, RuntimeEntry
-from tests.relay_e2e.policy_helpers import People, closes_within, make_users, report, watch_new_worker
-from tests.runtime_process import RuntimeProcess, create_worker, kill_spawned_since, spawned_count, start_runtime
+from tests.relay_e2e.conftest import Backend, RuntimeEntry
+from tests.relay_e2e.policy_helpers import People, closes_within, make_users, module_site, report, watch_new_worker
+from tests.runtime_process import RuntimeProcess, create_worker, start_runtime
 
 pytestmark = [
     pytest.mark.slow,
@@ -53,15 +53,10 @@ class Stage:
 
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory: pytest.TempPathFactory, migrated_sqlite: tuple[Path, str, str]) -> Iterator[Stage]:
-    marker = spawned_count()
-    launcher = BackendLauncher(tmp_path_factory.mktemp("policy-slow"), migrated_sqlite)
-    try:
-        rt = start_runtime(tmp_path_factory.mktemp("policy-slow-runtime"), runtime_id="rt-slow")
+    with module_site(tmp_path_factory, migrated_sqlite, "policy-slow") as (launcher, root):
+        rt = start_runtime(root / "rt", runtime_id="rt-slow")
         backend = launcher.start(runtimes=[RuntimeEntry.of(rt)])
         yield Stage(backend, rt, make_users(backend, USERS, {}))
-    finally:
-        launcher.close()
-        kill_spawned_since(marker)
 
 
 async def test_a_user_edited_in_another_process_is_closed_within_35_s(stage: Stage) -> None:

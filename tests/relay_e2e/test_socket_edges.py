@@ -20,10 +20,11 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.conftest import RuntimeFactory
-from tests.relay_e2e.conftest import Backend, BackendFactory, BackendLauncher, RuntimeEntry
+from tests.relay_e2e.conftest import Backend, BackendFactory, RuntimeEntry
 from tests.relay_e2e.helpers import wait_streams_open
+from tests.relay_e2e.policy_helpers import module_site
 from tests.relay_e2e.ws_client import WsClient, connect_many
-from tests.runtime_process import RuntimeProcess, create_worker, kill_spawned_since, spawned_count, start_runtime
+from tests.runtime_process import RuntimeProcess, create_worker, start_runtime
 
 LOOKUP_TIMEOUT = 7.0  # above daphne's 5 s handshake timeout
 TRUSTED_ORIGIN = "https://console.example.invalid"
@@ -40,24 +41,22 @@ class Stage:
 
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory: pytest.TempPathFactory, migrated_sqlite: tuple[Path, str, str]) -> Iterator[Stage]:
-    marker = spawned_count()
-    launcher = BackendLauncher(tmp_path_factory.mktemp("socket-edges"), migrated_sqlite)
     blackhole = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        blackhole.bind(("127.0.0.1", 0))
-        blackhole.listen(64)  # the kernel completes the connections; nobody ever reads them
-        healthy = start_runtime(tmp_path_factory.mktemp("socket-edges-runtime"), runtime_id="rt-ok")
-        silent = RuntimeEntry("rt-silent", f"http://127.0.0.1:{blackhole.getsockname()[1]}", "t", read_timeout=30)
-        env = {
-            "YOI_SOCKET_LOOKUP_TIMEOUT_SECONDS": str(LOOKUP_TIMEOUT),
-            "DJANGO_CSRF_TRUSTED_ORIGINS": TRUSTED_ORIGIN,
-        }
-        backend = launcher.start(runtimes=[RuntimeEntry.of(healthy), silent], env=env)
-        yield Stage(backend, healthy)
+        with module_site(tmp_path_factory, migrated_sqlite, "socket-edges") as (launcher, root):
+            blackhole.bind(("127.0.0.1", 0))
+            blackhole.listen(64)  # the kernel completes the connections; nobody ever reads them
+            healthy = start_runtime(root / "ok", runtime_id="rt-ok")
+            silent = RuntimeEntry(
+                "rt-silent", f"http://127.0.0.1:{blackhole.getsockname()[1]}", "t", read_timeout=30
+            )
+            env = {
+                "YOI_SOCKET_LOOKUP_TIMEOUT_SECONDS": str(LOOKUP_TIMEOUT),
+                "DJANGO_CSRF_TRUSTED_ORIGINS": TRUSTED_ORIGIN,
+            }
+            yield Stage(launcher.start(runtimes=[RuntimeEntry.of(healthy), silent], env=env), healthy)
     finally:
-        launcher.close()
         blackhole.close()
-        kill_spawned_since(marker)
 
 
 async def socket_at(backend: Backend, path: str, *, origin: str | None = None) -> WsClient:

@@ -17,20 +17,20 @@ from pathlib import Path
 import pytest
 
 from tests.relay_e2e.admin_client import AdminBrowser, FormValue
-from tests.relay_e2e.conftest import Backend, BackendLauncher, RuntimeEntry
+from tests.relay_e2e.conftest import Backend, RuntimeEntry
 from tests.relay_e2e.helpers import wait_streams_open
 from tests.relay_e2e.policy_helpers import (
-    PROMPT_CLOSE,
     EmbeddedEntry,
     People,
-    closes_within,
+    expect_closed,
     make_users,
-    report,
+    module_site,
+    row_updated_at,
     watch,
     watch_new_worker,
 )
-from tests.relay_e2e.ws_client import WsClient, close_all
-from tests.runtime_process import RuntimeProcess, create_worker, kill_spawned_since, spawned_count, start_runtime
+from tests.relay_e2e.ws_client import WsClient
+from tests.runtime_process import RuntimeProcess, create_worker, start_runtime
 
 REMOTE_IDS = ("rt-open", "rt-admin-off", "rt-sync-off", "rt-prune", "rt-deleted")
 EMBEDDED_IDS = ("rt-team", "rt-regroup")
@@ -109,37 +109,12 @@ class Stage:
 
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory: pytest.TempPathFactory, migrated_sqlite: tuple[Path, str, str]) -> Iterator[Stage]:
-    marker = spawned_count()
-    launcher = BackendLauncher(tmp_path_factory.mktemp("socket-policy"), migrated_sqlite)
-    try:
-        root = tmp_path_factory.mktemp("socket-policy-runtimes")
+    with module_site(tmp_path_factory, migrated_sqlite, "socket-policy") as (launcher, root):
         runtimes = {rid: start_runtime(root / rid, runtime_id=rid) for rid in REMOTE_IDS}
         entries: list[RuntimeEntry | EmbeddedEntry] = [RuntimeEntry.of(rt) for rt in runtimes.values()]
         entries += [EmbeddedEntry(rid) for rid in EMBEDDED_IDS]
         backend = launcher.start(runtimes=entries, env={"DJANGO_DEBUG": "1"})  # type: ignore[arg-type]
         yield Stage(backend, runtimes, entries, make_users(backend, USERS, RUNTIME_GROUPS))
-    finally:
-        launcher.close()
-        kill_spawned_since(marker)
-
-
-async def expect_closed(
-    clients: list[WsClient],
-    change: Callable[[], object],
-    *,
-    row: str,
-    code: int,
-    error: str,
-    from_end: bool = False,
-) -> None:
-    """``change`` (a blocking call, run off the loop) closes every client promptly with ``code``/``error``."""
-    try:
-        closes = await closes_within(clients, lambda: asyncio.to_thread(change), from_end=from_end)
-    finally:
-        await close_all(clients)
-    report(row, closes)
-    assert [(c.code, c.error_code) for c in closes] == [(code, error)] * len(clients)
-    assert all(c.seconds < PROMPT_CLOSE for c in closes)
 
 
 def submitting(browser: AdminBrowser, form: tuple[str, dict[str, list[str]]]) -> Callable[[], object]:
@@ -204,9 +179,8 @@ async def test_a_runtime_disabled_by_sync_runtimes_closes_its_sockets_4503(stage
     clients = [await stage.watch("rt-sync-off", "u-runtimes", "sync-off")]
     # Another process and no shared channel layer: this Backend's registry refresh sees the row change.
     change = stage.sync("disable.toml", stage.toml(disabled="rt-sync-off"))
-    await expect_closed(
-        clients, change, row="runtime disabled (sync_runtimes)", code=4503, error="runtime_disabled"
-    )
+    row, changed_at = "runtime disabled (sync_runtimes)", row_updated_at(stage.backend, "rt-sync-off")
+    await expect_closed(clients, change, row=row, code=4503, error="runtime_disabled", changed_at=changed_at)
     await wait_streams_open(rt, lambda n: n == 0, timeout=15, what="the upstream closed")
 
 
@@ -215,7 +189,8 @@ async def test_a_runtime_pruned_by_sync_runtimes_closes_its_sockets_4503(stage: 
     clients = [await stage.watch("rt-prune", "u-runtimes", "pruned")]
     change = stage.sync("prune.toml", stage.toml(without="rt-prune"), "--prune")
     row = "runtime pruned (sync_runtimes --prune)"
-    await expect_closed(clients, change, row=row, code=4503, error="runtime_disabled", from_end=True)
+    changed_at = row_updated_at(stage.backend, "rt-prune")
+    await expect_closed(clients, change, row=row, code=4503, error="runtime_disabled", changed_at=changed_at)
     await wait_streams_open(rt, lambda n: n == 0, timeout=15, what="the upstream closed")
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -31,7 +31,6 @@ from tests.workers.ws_helpers import (
 )
 from workers.relay import relay_hub
 from workers.routing import websocket_urlpatterns
-from workers.sockets import live_sockets
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -47,15 +46,8 @@ ECHO_FIRST_ANSWER = ["status", "user_message", "text_delta", "text_delta", "text
 
 
 @pytest.fixture(autouse=True)
-async def relay_cleanup(settings: SettingsWrapper) -> AsyncIterator[None]:
-    """Fast linger, no cluster mode; every relay closed at the end, on the test's own loop."""
-    settings.YOI_RELAY_LINGER_SECONDS = 0.2
-    settings.REDIS_URL = ""
-    try:
-        yield
-    finally:
-        live_sockets.reset()
-        relay_hub.reset()
+def relay_cleanup(quick_relay: SettingsWrapper) -> None:
+    """Every test here: fast linger, no cluster mode, nothing left open (tests/workers/conftest.py)."""
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -36,17 +36,9 @@ BLACKHOLE_TOKEN_ENV = "YOI_TEST_WS_BLACKHOLE_TOKEN"
 
 
 @pytest.fixture(autouse=True)
-async def clean_sockets(settings: SettingsWrapper) -> AsyncIterator[None]:
-    """Fast linger, no cluster mode; every socket and relay forgotten at the end, on the test's own loop."""
-    settings.YOI_RELAY_LINGER_SECONDS = 0.2
-    settings.REDIS_URL = ""
-    settings.YOI_REGISTRY_REFRESH_SECONDS = 0.5
-    live_sockets.reset()
-    try:
-        yield
-    finally:
-        live_sockets.reset()
-        relay_hub.reset()
+def quick(quick_relay: SettingsWrapper) -> None:
+    """Fast linger, no cluster mode, nothing left open; the registry re-reads rows every 0.5 s."""
+    quick_relay.YOI_REGISTRY_REFRESH_SECONDS = 0.5
 
 
 @pytest.fixture
