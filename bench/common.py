@@ -404,6 +404,8 @@ def backend_env(workdir: Path, extra: dict[str, str] | None = None) -> dict[str,
             "DJANGO_STATIC_ROOT": str(cache / "static"),
             # Benchmarks measure the proxy, not the per-user command rate (a load generator would meet it).
             "YOI_RATE_COMMANDS": "0",
+            # The fan-out benches open 1,000 event sockets as one user: no per-user cap.
+            "YOI_MAX_SOCKETS_PER_USER": "0",
             **(extra or {}),
         }
     )

@@ -80,6 +80,18 @@ class InvalidRequest(YoiError):
     code, status, template = "invalid_request", 400, "the request is invalid"
 
 
+class NotAuthenticated(YoiError):
+    """The browser's session or user is no longer valid (an event socket outliving its login)."""
+
+    code, status, template = "not_authenticated", 401, "authentication credentials are no longer valid"
+
+
+class NotFound(YoiError):
+    """No such route (an event socket opened on an unknown path)."""
+
+    code, status, template = "not_found", 404, "not found"
+
+
 class RuntimeNotFound(YoiError):
     """Unknown runtime_id, or one this user may not see."""
 

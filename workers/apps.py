@@ -10,3 +10,9 @@ class WorkersConfig(AppConfig):
 
     name = "workers"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        """Open event sockets follow changes of users, groups, sessions and runtimes (workers.signals)."""
+        from workers import signals
+
+        signals.connect()

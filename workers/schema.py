@@ -50,7 +50,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "invalid_request": (400, "body, query or id fails validation (`fields` says which); bad JSON"),
     "not_authenticated": (401, "no or bad credentials (`WWW-Authenticate: Token`)"),
     "permission_denied": (403, "authenticated but not allowed; CSRF check failed (session auth)"),
-    "not_found": (404, "no such URL under /api/"),
+    "not_found": (404, "no such URL under /api/ (or WebSocket path under /ws/)"),
     "runtime_not_found": (404, "unknown runtime_id, or a runtime this user may not see"),
     "worker_not_found": (404, "the runtime has no such worker"),
     "method_not_allowed": (405, "the route does not take this method"),

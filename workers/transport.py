@@ -13,6 +13,7 @@ back to the consumer's ``send`` and its own bounded queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import struct
@@ -196,3 +197,56 @@ def direct_writer(send: Callable[..., Any]) -> DirectWriter | None:
     if turn_flush is None:
         turn_flush = _turn_flushes[loop] = _TurnFlush(loop)
     return DirectWriter(protocol, turn_flush)
+
+
+def limit_incoming(send: Callable[..., Any], *, max_messages: int, max_bytes: int) -> bool:
+    """Under daphne, hold a client to ``max_messages`` messages of at most ``max_bytes`` each, at the transport.
+
+    The message that passes a limit still reaches the application (which closes the socket); every later
+    one is dropped as it is parsed, and the connection is not read any more until ``resume_incoming``: a
+    client flooding the socket is held back by TCP, instead of each of its messages growing daphne's queue
+    for the application (unbounded) faster than the application can take them. daphne's own ``muted`` flag
+    also means it will not deliver the disconnect. False (nothing done) when the server is not daphne.
+    """
+    protocol = _protocol_of(send)
+    if protocol is None or not all(hasattr(protocol, name) for name in ("onMessage", "muted", "transport")):
+        return False
+    deliver = protocol.onMessage
+    seen = 0
+
+    def on_message(payload: bytes, is_binary: bool) -> None:
+        nonlocal seen
+        if protocol.muted:
+            return
+        seen += 1
+        deliver(payload, is_binary)
+        if seen > max_messages or len(payload) > max_bytes:
+            protocol.muted = True
+            with contextlib.suppress(Exception):
+                protocol.transport.pauseProducing()
+
+    protocol.onMessage = on_message
+    return True
+
+
+def resume_incoming(send: Callable[..., Any]) -> None:
+    """Read the connection again after ``limit_incoming`` stopped it (messages stay dropped): the client's
+    answer to a close is read, so the closing handshake can complete."""
+    protocol = _protocol_of(send)
+    with contextlib.suppress(Exception):
+        if protocol is not None:
+            protocol.transport.resumeProducing()
+
+
+def close_going_away(send: Callable[..., Any]) -> bool:
+    """Close the connection behind ``send`` with 1001 ("going away", RFC 6455 §7.4.1: a server going
+    down). autobahn's public close refuses every code but 1000 and 3000-4999, so daphne cannot send 1001
+    for an application; this sends the close frame as autobahn's own close does. False when the server is
+    not daphne or the connection is not open."""
+    protocol = _protocol_of(send)
+    if protocol is None or not hasattr(protocol, "sendCloseFrame") or not hasattr(protocol, "STATE_OPEN"):
+        return False
+    if protocol.state != protocol.STATE_OPEN:
+        return False
+    protocol.sendCloseFrame(code=1001, isReply=False)
+    return True

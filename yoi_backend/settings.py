@@ -47,6 +47,14 @@ def number_setting(name: str, default: float, *, allow_zero: bool = False) -> fl
     return value
 
 
+def count_setting(name: str, default: int) -> int:
+    """A whole number >= 0 (where 0 usually turns a limit off), failing fast on anything else."""
+    value = number_setting(name, default, allow_zero=True)
+    if value != int(value):
+        raise ImproperlyConfigured(f"{name} must be a whole number, got {value:g}")
+    return int(value)
+
+
 _RATE_RE = re.compile(r"(\d+)/(s|sec|second|m|min|minute|h|hour|d|day)")
 
 
@@ -110,6 +118,15 @@ YOI_RELAY_BUFFER_EVENTS = int(number_setting("YOI_RELAY_BUFFER_EVENTS", 4096))
 YOI_RELAY_BACKOFF_BASE = number_setting("YOI_RELAY_BACKOFF_BASE", 0.5)
 YOI_RELAY_BACKOFF_CAP = number_setting("YOI_RELAY_BACKOFF_CAP", 15.0)
 
+# Event sockets (workers/consumers.py, workers/sockets.py): open sockets per user (0 = no cap; counted across
+# processes in Redis when REDIS_URL is set), how often every open socket's session, user and runtime
+# visibility are checked again, how long the runtime/worker lookup of a new socket may take, and what an
+# observation-only socket tolerates from a client before it is closed 4400.
+YOI_MAX_SOCKETS_PER_USER = count_setting("YOI_MAX_SOCKETS_PER_USER", 64)
+YOI_SOCKET_REVALIDATE_SECONDS = number_setting("YOI_SOCKET_REVALIDATE_SECONDS", 20.0)
+YOI_SOCKET_LOOKUP_TIMEOUT_SECONDS = number_setting("YOI_SOCKET_LOOKUP_TIMEOUT_SECONDS", 10.0)
+YOI_SOCKET_MAX_CLIENT_MESSAGE_BYTES = count_setting("YOI_SOCKET_MAX_CLIENT_MESSAGE_BYTES", 4096)
+YOI_SOCKET_MAX_CLIENT_MESSAGES = count_setting("YOI_SOCKET_MAX_CLIENT_MESSAGES", 10)
 # How often a serving process re-probes runtimes whose breaker half-opened (runtimes/health.py); 0 = never.
 YOI_HEALTH_MONITOR_SECONDS = number_setting("YOI_HEALTH_MONITOR_SECONDS", 1.0, allow_zero=True)
 # /metrics (Prometheus) answers only with "Authorization: Bearer <this>"; unset, the endpoint is off (404).
@@ -209,8 +226,13 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
+    # channels_redis waits for messages with BZPOPMIN blocking 5 s, and redis-py's default socket timeout is
+    # also 5 s: the read could time out first and kill the consumer (1011). A longer read timeout avoids it.
     CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 5}]},
+        }
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,8 @@ from rest_framework.test import APIClient
 from runtimes.models import Runtime
 from runtimes.registry import registry
 from tests.backend_process import free_port
+from workers.relay import relay_hub
+from workers.sockets import live_sockets
 
 DEAD_TOKEN_ENV = "YOI_TEST_API_DEAD_RUNTIME_TOKEN"
 DEAD_TOKEN_VALUE = "dead-runtime-token-9b1e77c2-never-shown"
@@ -38,6 +40,19 @@ def fresh_command_rates() -> Iterator[None]:
     caches["limits"].clear()
     yield
     caches["limits"].clear()
+
+
+@pytest.fixture
+async def quick_relay(settings: SettingsWrapper) -> AsyncIterator[SettingsWrapper]:
+    """Fast linger, no cluster mode; every open socket and relay forgotten at the end, on the test's loop."""
+    settings.YOI_RELAY_LINGER_SECONDS = 0.2
+    settings.REDIS_URL = ""
+    live_sockets.reset()
+    try:
+        yield settings
+    finally:
+        live_sockets.reset()
+        relay_hub.reset()
 
 
 @pytest.fixture

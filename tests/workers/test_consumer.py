@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -41,18 +41,13 @@ WRONG_TOKEN_VALUE = "wrong-token-a61f09e3-never-shown"
 EVENT_KEYS = {"type", "runtime_id", "worker_id", "seq", "event", "data", "ts"}
 ERROR_KEYS = {"code", "message", "retryable", "runtime_id", "worker_id", "fields", "upstream_code"}
 # An echo worker created with an initial input: status, user_message, 4 text_delta, text_done.
+MAX_CLIENT_MESSAGES, MAX_CLIENT_MESSAGE_BYTES = 10, 4096  # the documented defaults
 ECHO_FIRST_ANSWER = ["status", "user_message", "text_delta", "text_delta", "text_delta", "text_delta", "text_done"]
 
 
 @pytest.fixture(autouse=True)
-async def relay_cleanup(settings: SettingsWrapper) -> AsyncIterator[None]:
-    """Fast linger, no cluster mode; every relay closed at the end, on the test's own loop."""
-    settings.YOI_RELAY_LINGER_SECONDS = 0.2
-    settings.REDIS_URL = ""
-    try:
-        yield
-    finally:
-        relay_hub.reset()
+def relay_cleanup(quick_relay: SettingsWrapper) -> None:
+    """Every test here: fast linger, no cluster mode, nothing left open (tests/workers/conftest.py)."""
 
 
 @pytest.fixture
@@ -340,7 +335,7 @@ async def test_without_after_only_live_events_are_sent(user: User, embedded_runt
     assert all(e["data"].get("content") != "before" for e in events)
 
 
-async def test_a_data_frame_gets_invalid_request_and_the_socket_stays_open(
+async def test_a_few_small_client_messages_are_ignored_and_the_socket_stays_open(
     user: User, embedded_runtime: Runtime
 ) -> None:
     handle = await runtime_handle()
@@ -348,19 +343,63 @@ async def test_a_data_frame_gets_invalid_request_and_the_socket_stays_open(
     socket_ = await open_socket(events_path("local", "chatty"), user=user)
     try:
         assert socket_.accepted
-        await socket_.send_text('{"type": "input", "content": "hello"}')
-        first = await socket_.read_until(lambda f: f["type"] == "error")
-        await socket_.communicator.send_to(bytes_data=b"\x00\x01")
-        second = await socket_.read_until(lambda f: f["type"] == "error")
+        for index in range(MAX_CLIENT_MESSAGES):
+            if index % 2:
+                await socket_.communicator.send_to(bytes_data=b"\x00\x01")
+            else:
+                await socket_.send_text('{"type": "input", "content": "hello"}')
         await send_input(handle, "chatty", "via REST")
         done = await socket_.read_event("text_done")
     finally:
         await socket_.disconnect()
-    for frame in (first, second):
-        error = assert_error(frame, "invalid_request")
-        assert "REST" in error["message"]
     assert done["data"]["text"] == "echo: via REST"
+    assert [f for f in socket_.frames if f["type"] not in {"event", "state"}] == []  # no reply per message
     assert socket_.close_code is None
+
+
+@pytest.mark.parametrize(
+    ("messages", "what"),
+    [
+        (["x"] * (MAX_CLIENT_MESSAGES + 1), "one message too many"),
+        (["x" * (MAX_CLIENT_MESSAGE_BYTES + 1)], "a text message over the size limit"),
+        (["é" * (MAX_CLIENT_MESSAGE_BYTES // 2 + 1)], "over the limit in UTF-8 bytes, not in characters"),
+        ([b"\x00" * (MAX_CLIENT_MESSAGE_BYTES + 1)], "a binary message over the size limit"),
+    ],
+)
+async def test_a_client_sending_too_much_is_closed_4400(
+    user: User, embedded_runtime: Runtime, messages: list[str | bytes], what: str
+) -> None:
+    handle = await runtime_handle()
+    await create_worker(handle, "noisy", initial_input=None)
+    socket_ = await open_socket(events_path("local", "noisy"), user=user)
+    try:
+        assert socket_.accepted
+        for message in messages:
+            if isinstance(message, bytes):
+                await socket_.communicator.send_to(bytes_data=message)
+            else:
+                await socket_.send_text(message)
+        assert await socket_.read_until_closed() == 4400, what
+    finally:
+        await socket_.disconnect()
+    errors = [f for f in socket_.frames if f["type"] == "error"]
+    assert len(errors) == 1, socket_.frames
+    error = assert_error(errors[0], "invalid_request")
+    assert "REST" in error["message"]
+    await wait_until(lambda: not list(relay_hub.relays()), message="relay closed after the socket")
+
+
+async def test_a_message_of_exactly_the_size_limit_is_allowed(user: User, embedded_runtime: Runtime) -> None:
+    handle = await runtime_handle()
+    await create_worker(handle, "edge", initial_input=None)
+    socket_ = await open_socket(events_path("local", "edge"), user=user)
+    try:
+        await socket_.send_text("x" * MAX_CLIENT_MESSAGE_BYTES)
+        await send_input(handle, "edge", "still here")
+        done = await socket_.read_event("text_done")
+    finally:
+        await socket_.disconnect()
+    assert done["data"]["text"] == "echo: still here" and socket_.close_code is None
 
 
 async def test_a_finished_worker_watched_live_gets_its_end_then_close_1000(

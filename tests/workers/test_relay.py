@@ -46,6 +46,7 @@ from tests.workers.ws_helpers import (
     worker_settled,
 )
 from workers.relay import Subscriber, WorkerRelay, relay_hub
+from workers.sockets import live_sockets
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -64,6 +65,7 @@ async def relay_settings(settings: SettingsWrapper) -> AsyncIterator[SettingsWra
     try:
         yield settings
     finally:
+        live_sockets.reset()
         relay_hub.reset()
 
 
