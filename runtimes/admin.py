@@ -1,7 +1,9 @@
-"""Operator admin for runtimes (status badge, "probe now") and the read-only audit log.
+"""Operator admin for runtimes (status and transport badges, "probe now") and the read-only audit log.
 
-Operators see and edit ``base_url`` and the token *ref*; nothing here resolves a ref, so a token value
-can never reach a page.
+Operators see ``base_url`` and the secret *refs*; changing where a runtime is reached or with which
+credential (``AIMING_FIELDS``) needs ``runtimes.change_runtime_connection``, and without it those fields are
+read-only. A ref is checked when written (a file is read to see that it is not empty) but its value is
+never shown; the capabilities shown were scrubbed when they came from the runtime.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from runtimes.models import CONNECTION_FIELDS, STATUS_CACHE_FIELDS, AuditEvent, Runtime
+from runtimes.config import insecure_http
+from runtimes.models import AIMING_FIELDS, CONNECTION_FIELDS, STATUS_CACHE_FIELDS, AuditEvent, Runtime
 from runtimes.types import Capabilities
 
 STATUS_COLORS: dict[str, str] = {
@@ -24,6 +27,22 @@ STATUS_COLORS: dict[str, str] = {
     Runtime.Status.CONFIGURED: "#0b5ed7",
 }
 MAX_SUMMARY_PROFILES = 4
+CONNECTION_PERMISSION = "runtimes.change_runtime_connection"
+# What a status reason means, for operators (runtimes/errors.py RuntimeMisconfigured, the client's "tls").
+REASON_MESSAGES: dict[str, str] = {
+    "tls": "TLS failed: the runtime's certificate did not verify (CA, host name, validity), or the runtime "
+    "refused the Backend's client certificate. Nothing was sent.",
+    "base_url": "base_url cannot be used: plain http:// to a host that is not loopback needs "
+    "allow_insecure_http, and TLS settings need https://. Nothing was sent.",
+    "token_ref": "token_ref is refused: env: refs must name YOI_TOKEN_ENV_PREFIX<NAME>, file: refs a file "
+    "inside YOI_SECRETS_DIR. Nothing was sent.",
+    "tls_ca_file": "tls_ca_file cannot be used: missing, unreadable or not a PEM certificate bundle.",
+    "tls_client_cert_file": "tls_client_cert_file cannot be used: missing, unreadable or not PEM.",
+    "tls_client_key_ref": "tls_client_key_ref cannot be used: refused, missing, or not the key of the "
+    "client certificate.",
+}
+TRANSPORT_COLORS: dict[str, str] = {"mTLS": "#1e7e34", "TLS": "#1e7e34", "http (loopback)": "#6c757d"}
+INSECURE_LABEL = "INSECURE http"
 
 
 @admin.register(Runtime)
@@ -38,6 +57,7 @@ class RuntimeAdmin(admin.ModelAdmin):
         "last_seen_at",
         "checked_at",
         "capabilities_summary",
+        "transport_badge",
         "enabled",
     )
     list_display_links = ("runtime_id",)
@@ -47,20 +67,42 @@ class RuntimeAdmin(admin.ModelAdmin):
     ordering = ("runtime_id",)
     filter_horizontal = ("groups",)
     actions = ("probe_now",)
-    readonly_fields = (*STATUS_CACHE_FIELDS, "created_at", "updated_at")
+    readonly_fields = (*STATUS_CACHE_FIELDS, "status_message", "transport_badge", "created_at", "updated_at")
     fieldsets = (
         (None, {"fields": ("runtime_id", "display_name", "kind", "enabled")}),
         (
             "Connection",
             {
-                "fields": ("base_url", "token_ref", "connect_timeout", "read_timeout"),
-                "description": "token_ref says where the bearer token lives (env:NAME or file:/absolute/path). "
-                "The token itself is never stored or shown.",
+                "fields": (
+                    "base_url",
+                    "token_ref",
+                    "connect_timeout",
+                    "read_timeout",
+                    "tls_ca_file",
+                    "tls_client_cert_file",
+                    "tls_client_key_ref",
+                    "allow_insecure_http",
+                    "transport_badge",
+                ),
+                "description": "token_ref and tls_client_key_ref say where a secret lives: env:NAME (NAME "
+                "starting with YOI_TOKEN_ENV_PREFIX) or file:/path inside YOI_SECRETS_DIR. Secrets are never "
+                "stored or shown. Changing these fields (and kind) needs the permission "
+                "'Can change where a runtime is reached and with which credential'.",
             },
         ),
         ("Access", {"fields": ("groups",)}),
-        ("Status (maintained by probes)", {"fields": (*STATUS_CACHE_FIELDS, "created_at", "updated_at")}),
+        (
+            "Status (maintained by probes)",
+            {"fields": (*STATUS_CACHE_FIELDS, "status_message", "created_at", "updated_at")},
+        ),
     )
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Runtime | None = None) -> tuple[str, ...]:
+        """Where a runtime is reached and with which credential is read-only without the connection permission."""
+        fields = tuple(super().get_readonly_fields(request, obj))
+        if request.user.has_perm(CONNECTION_PERMISSION):
+            return fields
+        return (*fields, *AIMING_FIELDS)
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: Runtime) -> SafeString:
@@ -68,11 +110,39 @@ class RuntimeAdmin(admin.ModelAdmin):
         color = STATUS_COLORS.get(obj.status, "#6c757d")
         label = obj.get_status_display()
         if obj.status_error_code:
-            label = f"{label} ({obj.status_error_code})"
+            detail = (
+                f"{obj.status_error_code}: {obj.status_reason}" if obj.status_reason else obj.status_error_code
+            )
+            label = f"{label} ({detail})"
         return format_html(
-            '<span class="yoi-status yoi-status-{}" style="background:{};color:#fff;padding:1px 6px;'
+            '<span class="yoi-status yoi-status-{}" title="{}" style="background:{};color:#fff;padding:1px 6px;'
             'border-radius:8px;white-space:nowrap">{}</span>',
             obj.status,
+            REASON_MESSAGES.get(obj.status_reason, ""),
+            color,
+            label,
+        )
+
+    @admin.display(description="status message")
+    def status_message(self, obj: Runtime) -> str:
+        """What the last failure's reason means, for an operator."""
+        return REASON_MESSAGES.get(obj.status_reason, "—")
+
+    @admin.display(description="transport")
+    def transport_badge(self, obj: Runtime) -> SafeString | str:
+        """How the remote hop is protected; plain http to a remote host is a warning."""
+        if obj.kind != Runtime.Kind.REMOTE or not obj.base_url:
+            return "—"
+        if insecure_http(obj.base_url):
+            label, color = INSECURE_LABEL, "#b02a37"
+        elif obj.base_url.lower().startswith("https:"):
+            label = "mTLS" if obj.tls_client_cert_file else "TLS"
+            color = TRANSPORT_COLORS[label]
+        else:
+            label, color = "http (loopback)", TRANSPORT_COLORS["http (loopback)"]
+        return format_html(
+            '<span class="yoi-transport" style="background:{};color:#fff;padding:1px 6px;border-radius:8px;'
+            'white-space:nowrap">{}</span>',
             color,
             label,
         )
@@ -109,6 +179,8 @@ class RuntimeAdmin(admin.ModelAdmin):
             text = f"{result.runtime_id}: {result.state}" + (
                 f" ({result.error_code})" if result.error_code else ""
             )
+            if result.reason:
+                text += f": {REASON_MESSAGES.get(result.reason, result.reason)}"
             level = messages.SUCCESS if result.state == Runtime.Status.ONLINE else messages.WARNING
             self.message_user(request, text, level=level)
 

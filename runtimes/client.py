@@ -2,8 +2,10 @@
 
 This is the only module that imports ``requests`` and ``sseclient``. It owns the path constants, the bearer
 header, one pooled session per runtime, explicit ``(connect, read)`` timeouts, redirects off, a response
-size cap with a total deadline, and ``_map_failure``: the one place a transport failure or an unwanted
-status becomes a typed error of ``runtimes.errors``. Exception text is never used (it contains the URL).
+size cap with a total deadline, TLS (the row's ``SSLContext``: the CA it trusts, the mTLS pair; see
+runtimes/tls.py), and ``_map_failure``: the one place a transport failure or an unwanted status becomes a
+typed error of ``runtimes.errors``. Exception text is never used (it contains the URL). A certificate that
+does not verify fails the handshake, before any request (and so any token) is sent.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import logging
 import re
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -21,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import requests
 import sseclient
@@ -39,8 +42,8 @@ from runtimes.errors import (
     RuntimeUnsupported,
     WorkerNotFound,
     YoiError,
-    scrub,
 )
+from runtimes.scrub import MAX_UPSTREAM_MESSAGE, Scrubber
 from runtimes.types import ID_PATTERN, is_valid_id
 
 logger = logging.getLogger(__name__)
@@ -92,6 +95,24 @@ class SseMessage:
     data: dict[str, Any]
 
 
+class _TlsAdapter(HTTPAdapter):
+    """An adapter whose connections use one ``SSLContext``, the only source of trust: requests would
+    otherwise add its own CA bundle to every context (``cert_verify``)."""
+
+    def __init__(self, *, ssl_context: ssl.SSLContext, **kwargs: Any) -> None:
+        self._ssl_context = ssl_context
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
+        pool_kwargs["ssl_context"] = self._ssl_context
+        super().init_poolmanager(connections, maxsize, block=block, **pool_kwargs)
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        conn.cert_reqs = "CERT_REQUIRED"
+        conn.ca_certs = None
+        conn.ca_cert_dir = None
+
+
 class RemoteRuntimeClient:
     """HTTP client of one remote runtime; thread-safe, one pooled session, every failure typed."""
 
@@ -107,6 +128,8 @@ class RemoteRuntimeClient:
         stream_idle_timeout: float = DEFAULT_STREAM_IDLE_TIMEOUT,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         pool_maxsize: int = POOL_MAXSIZE,
+        ssl_context: ssl.SSLContext | None = None,
+        scrubber: Scrubber | None = None,
     ) -> None:
         if connect_timeout <= 0 or read_timeout <= 0 or stream_idle_timeout <= 0:
             raise ValueError("timeouts must be positive")
@@ -120,10 +143,14 @@ class RemoteRuntimeClient:
         self.max_body_bytes = int(max_body_bytes)
         self.stream_idle_timeout = float(stream_idle_timeout)
         self.max_event_bytes = int(max_event_bytes)
-        self._session = self._make_session(pool_maxsize)
+        # The scrub of everything this runtime says (its own address, known secrets, paths, tracebacks).
+        self.scrubber = scrubber or Scrubber(base_url=base_url)
+        if ssl_context is None and self._base_url.lower().startswith("https:"):
+            ssl_context = ssl.create_default_context()  # the system store
+        self._session = self._make_session(pool_maxsize, ssl_context)
 
     @staticmethod
-    def _make_session(pool_maxsize: int) -> requests.Session:
+    def _make_session(pool_maxsize: int, ssl_context: ssl.SSLContext | None) -> requests.Session:
         session = requests.Session()
         # No proxies or .netrc from the environment (netrc would replace our Authorization header).
         session.trust_env = False
@@ -133,9 +160,10 @@ class RemoteRuntimeClient:
         # No transport retries: a POST must never be sent twice behind the caller's back.
         # read=False re-raises read errors as they are (a ReadTimeout stays a timeout, not a ConnectionError).
         retries = Retry(total=0, read=False, redirect=False, raise_on_status=False)
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_maxsize, max_retries=retries)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
+        pool: dict[str, Any] = {"pool_connections": 1, "pool_maxsize": pool_maxsize, "max_retries": retries}
+        session.mount("http://", HTTPAdapter(**pool))
+        if ssl_context is not None:
+            session.mount("https://", _TlsAdapter(ssl_context=ssl_context, **pool))
         return session
 
     def __repr__(self) -> str:
@@ -254,10 +282,11 @@ class RemoteRuntimeClient:
         return self._base_url + path
 
     def _headers(self, *, accept: str) -> dict[str, str]:
-        token = self._token_provider()  # may raise RuntimeAuthFailed: no request is made then
+        token = self._token_provider()  # may raise a typed error: no request is made then
         if not isinstance(token, str) or _TOKEN_RE.fullmatch(token) is None:
             logger.warning("runtimes.client.token_unusable", extra={"runtime_id": self.runtime_id})
             raise RuntimeAuthFailed(runtime_id=self.runtime_id)
+        self.scrubber.secrets.add(token)  # whatever the runtime echoes back, the token never shows
         return {
             "Authorization": f"Bearer {token}",
             "Accept": accept,
@@ -306,17 +335,6 @@ class RemoteRuntimeClient:
             raise RuntimeBadResponse(runtime_id=self.runtime_id, worker_id=worker_id)
         return parsed
 
-    def _redact_secrets(self, text: str) -> str:
-        """Upstream text without this runtime's address or the Backend's token: a runtime may echo them back."""
-        parts = urlsplit(self._base_url)
-        secrets = [parts.netloc, parts.hostname or ""]
-        with contextlib.suppress(Exception):
-            secrets.append(self._token_provider())  # resolved moments ago for the request that failed
-        for secret in secrets:
-            if isinstance(secret, str) and len(secret) >= 3:
-                text = re.sub(re.escape(secret), "<redacted>", text, flags=re.IGNORECASE)
-        return text
-
     def _log_bad_response(self, reason: str, worker_id: str | None) -> None:
         logger.warning(
             "runtimes.client.bad_response",
@@ -339,10 +357,12 @@ class RemoteRuntimeClient:
         if exc is not None:
             if isinstance(exc, YoiError):
                 return exc
-            logger.warning(
-                "runtimes.client.transport_error",
-                extra={"runtime_id": self.runtime_id, "worker_id": worker_id, "error_class": type(exc).__name__},
-            )
+            tls = _is_tls_failure(exc)
+            extra = {"runtime_id": self.runtime_id, "worker_id": worker_id, "error_class": type(exc).__name__}
+            logger.warning("runtimes.client.transport_error", extra={**extra, "reason": "tls" if tls else None})
+            if tls:
+                # A certificate that does not verify, a wrong host name, a refused client certificate.
+                return RuntimeUnreachable(reason="tls", **ids)
             if _is_timeout(exc):
                 return RuntimeTimeout(**ids)
             if isinstance(exc, _UNREACHABLE_ERRORS):
@@ -351,7 +371,7 @@ class RemoteRuntimeClient:
             return RuntimeBadResponse(**ids)
 
         assert status is not None
-        code, message = _error_fields(body, redact=self._redact_secrets)
+        code, message = _error_fields(body, scrubber=self.scrubber)
         logger.info(
             "runtimes.client.upstream_status",
             extra={"runtime_id": self.runtime_id, "worker_id": worker_id, "status": status, "upstream_code": code},
@@ -389,6 +409,26 @@ def _set_read_timeout(response: requests.Response, timeout: float) -> None:
             sock.settimeout(timeout)
 
 
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and everything it wraps (``args``, ``reason``, cause, context), each once."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        linked = [*current.args, getattr(current, "reason", None), current.__cause__, current.__context__]
+        stack.extend(item for item in linked if isinstance(item, BaseException))
+
+
+def _is_tls_failure(exc: BaseException) -> bool:
+    """A handshake or certificate failure, however requests/urllib3 wrapped it."""
+    tls_errors = (ssl.SSLError, urllib3.exceptions.SSLError, requests.exceptions.SSLError)
+    return any(isinstance(link, tls_errors) for link in _causes(exc))
+
+
 def _is_timeout(exc: BaseException) -> bool:
     """A connect or read timeout, however requests/urllib3 wrapped it."""
     if isinstance(exc, requests.exceptions.Timeout):  # ConnectTimeout and ReadTimeout
@@ -404,11 +444,11 @@ def _is_timeout(exc: BaseException) -> bool:
     return isinstance(reason, urllib3.exceptions.TimeoutError | TimeoutError)
 
 
-def _error_fields(body: bytes, *, redact: Callable[[str], str]) -> tuple[str | None, str]:
+def _error_fields(body: bytes, *, scrubber: Scrubber) -> tuple[str | None, str]:
     """``(code, message)`` of a protocol error body ``{"error": {"code", "message"}}``; lenient.
 
-    Both are upstream text: ``redact`` removes known secrets before ``scrub`` cuts to length (so no secret
-    survives in part), and ``scrub`` removes URLs and paths.
+    Both are upstream text and go through the runtime's scrub, which removes secrets and addresses before it
+    cuts to length (so no secret survives in part).
     """
     try:
         parsed = json.loads(body) if body else None
@@ -419,8 +459,9 @@ def _error_fields(body: bytes, *, redact: Callable[[str], str]) -> tuple[str | N
         return None, ""
     code = error.get("code")
     message = error.get("message")
-    code = scrub(redact(code)) if isinstance(code, str) else None
-    return (code or None), (scrub(redact(message)) if isinstance(message, str) else "")
+    code = scrubber.text(code, limit=MAX_UPSTREAM_MESSAGE) if isinstance(code, str) else None
+    text = scrubber.text(message, limit=MAX_UPSTREAM_MESSAGE) if isinstance(message, str) else ""
+    return (code or None), text
 
 
 class _ChunkSource:

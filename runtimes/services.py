@@ -26,6 +26,10 @@ _SYNCED_FIELDS: tuple[str, ...] = (
     "connect_timeout",
     "read_timeout",
     "enabled",
+    "tls_ca_file",
+    "tls_client_cert_file",
+    "tls_client_key_ref",
+    "allow_insecure_http",
 )
 
 

@@ -282,10 +282,15 @@ class RuntimeStatusOutputSerializer(serializers.Serializer[Any]):
     checked_at = serializers.DateTimeField(allow_null=True)
     last_seen_at = serializers.DateTimeField(allow_null=True)
     error_code = serializers.SerializerMethodField()
+    reason = serializers.SerializerMethodField()
 
     def get_error_code(self, view: Any) -> str | None:
         """The last failure's code, or null when there is none."""
         return view.error_code or None
+
+    def get_reason(self, view: Any) -> str | None:
+        """Why the last failure happened (``tls``, or the setting at fault), or null."""
+        return view.error_reason or None
 
 
 _STATUS_SERIALIZER = RuntimeStatusOutputSerializer()

@@ -62,7 +62,7 @@ def main() -> None:
         "YOI_DATA_DIR": str(data_dir),
         "YOI_RUNTIMES_CONFIG": str(RUNTIMES_CONFIG),
         # A fresh token for the local runtime each run: only this process tree knows it.
-        "YOI_RUNTIME_LOCAL_TOKEN": secrets.token_urlsafe(32),
+        "YOI_RUNTIME_TOKEN_LOCAL": secrets.token_urlsafe(32),
     }
     for port, what in ((LOCAL_RUNTIME_PORT, "the local runtime"), (http_port, "the Backend")):
         if not port_free(port):
@@ -94,7 +94,7 @@ def main() -> None:
                 "--store", str(data_dir / "runtime-local"),
                 "--runtime-id", "local",
                 "--config", str(ROOT / "fixtures" / "runtime.local.toml"),
-                "--token-env", "YOI_RUNTIME_LOCAL_TOKEN",
+                "--token-env", "YOI_RUNTIME_TOKEN_LOCAL",
             ],
             env=env,
             cwd=ROOT,

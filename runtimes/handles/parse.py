@@ -3,6 +3,11 @@
 Pure functions. Every shape mismatch becomes one ``RuntimeBadResponse`` naming only ids; what was wrong
 goes to the log (field names only, never values). Fields a runtime leaves out that the protocol marks
 optional (older runtimes) become ``None``, never an error.
+
+This is the edge where runtime text is scrubbed (runtimes/scrub.py), so nothing downstream — serializers,
+the relay, its buffer, the channel layer — ever holds it raw: metadata (status, profile, intent, role,
+capabilities, reset reasons, event kinds) gets the full scrub, agent content (transcript content, event
+payloads) known-secret redaction only. Each function takes the runtime's ``scrubber`` (its own address).
 """
 
 from __future__ import annotations
@@ -10,7 +15,8 @@ from __future__ import annotations
 import logging
 from typing import Any, NoReturn
 
-from runtimes.errors import RuntimeBadResponse, scrub
+from runtimes.errors import RuntimeBadResponse
+from runtimes.scrub import GENERIC, Scrubber
 from runtimes.types import (
     Ack,
     Capabilities,
@@ -27,6 +33,21 @@ from runtimes.types import (
 logger = logging.getLogger(__name__)
 
 RESET_EVENT = "reset"
+# Event kinds of the protocol: their names need no scrub (the hot path skips it).
+KNOWN_EVENT_KINDS = frozenset(
+    {
+        "status",
+        "user_message",
+        "text_delta",
+        "text_done",
+        "tool_call",
+        "tool_result",
+        "error",
+        "run_end",
+        "worker_exited",
+        "message",
+    }
+)
 
 
 def _bad(runtime_id: str, what: str, *, worker_id: str | None = None, message: str | None = None) -> NoReturn:
@@ -39,10 +60,13 @@ def _bad(runtime_id: str, what: str, *, worker_id: str | None = None, message: s
 class _Reader:
     """Typed field access on one JSON object; any mismatch raises RuntimeBadResponse."""
 
-    def __init__(self, body: Any, *, runtime_id: str, worker_id: str | None, what: str) -> None:
+    def __init__(
+        self, body: Any, *, runtime_id: str, worker_id: str | None, what: str, scrubber: Scrubber = GENERIC
+    ) -> None:
         self.runtime_id = runtime_id
         self.worker_id = worker_id
         self.what = what
+        self.scrubber = scrubber
         if not isinstance(body, dict):
             self.bad(what)
         self.body: dict[str, Any] = body
@@ -61,6 +85,25 @@ class _Reader:
         if value is not None and not isinstance(value, str):
             self.bad(key)
         return value
+
+    def text(self, key: str) -> str:
+        """A metadata string, scrubbed."""
+        return self.scrubber.text(self.get_str(key))
+
+    def opt_text(self, key: str) -> str | None:
+        """An optional metadata string, scrubbed."""
+        return self.scrubber.opt_text(self.get_opt_str(key))
+
+    def event_id(self, key: str) -> int | str | None:
+        """An optional event id (a string one is metadata, scrubbed)."""
+        value = self.get_opt_event_id(key)
+        return self.scrubber.text(value) if isinstance(value, str) else value
+
+    def child(self, body: Any, what: str) -> _Reader:
+        """A reader of a nested object with the same ids and scrub."""
+        return _Reader(
+            body, runtime_id=self.runtime_id, worker_id=self.worker_id, what=what, scrubber=self.scrubber
+        )
 
     def get_int(self, key: str) -> int:
         value = self.body.get(key)
@@ -139,14 +182,14 @@ def _check_ref(reader: _Reader, *, worker_id: str | None) -> str:
     return found
 
 
-def parse_summary(body: Any, *, runtime_id: str) -> RuntimeSummary:
+def parse_summary(body: Any, *, runtime_id: str, scrubber: Scrubber = GENERIC) -> RuntimeSummary:
     """A RuntimeSummary object (the inside of ``{"runtime": ...}``); its runtime_id must be ``runtime_id``."""
-    r = _Reader(body, runtime_id=runtime_id, worker_id=None, what="runtime")
+    r = _Reader(body, runtime_id=runtime_id, worker_id=None, what="runtime", scrubber=scrubber)
     reported = r.get_str("runtime_id")
     if reported != runtime_id:
         logger.warning(
             "runtimes.parse.identity_mismatch",
-            extra={"runtime_id": runtime_id, "reported_runtime_id": scrub(reported)[:120]},
+            extra={"runtime_id": runtime_id, "reported_runtime_id": scrubber.text(reported, limit=120)},
         )
         raise RuntimeBadResponse(
             runtime_id=runtime_id,
@@ -154,8 +197,8 @@ def parse_summary(body: Any, *, runtime_id: str) -> RuntimeSummary:
         )
     return RuntimeSummary(
         runtime_id=runtime_id,
-        display_name=r.get_opt_str("display_name") or runtime_id,
-        status=r.get_str("status"),
+        display_name=r.opt_text("display_name") or runtime_id,
+        status=r.text("status"),
         worker_count=r.get_opt_int("worker_count"),
         active_worker_count=r.get_opt_int("active_worker_count"),
         stopped_worker_count=r.get_opt_int("stopped_worker_count"),
@@ -167,22 +210,22 @@ def parse_summary(body: Any, *, runtime_id: str) -> RuntimeSummary:
 
 def _capabilities(r: _Reader) -> Capabilities:
     limits_body = r.get_opt_dict("limits")
-    limits = _Reader(limits_body or {}, runtime_id=r.runtime_id, worker_id=None, what="limits")
+    limits = r.child(limits_body or {}, "limits")
     profiles: tuple[ProfileInfo, ...] | None = None
     if r.body.get("profiles") is not None:
         items = []
         for item in r.get_list("profiles"):
-            p = _Reader(item, runtime_id=r.runtime_id, worker_id=None, what="profiles[]")
-            items.append(ProfileInfo(name=p.get_str("name"), description=p.get_opt_str("description") or ""))
+            p = r.child(item, "profiles[]")
+            items.append(ProfileInfo(name=p.text("name"), description=p.opt_text("description") or ""))
         profiles = tuple(items)
     version = r.body.get("protocol_version")
     if version is not None and (isinstance(version, bool) or not isinstance(version, str | int)):
         r.bad("protocol_version")
     return Capabilities(
-        protocol_version=None if version is None else str(version),
-        backend=r.get_opt_str("backend"),
+        protocol_version=None if version is None else r.scrubber.text(str(version)),
+        backend=r.opt_text("backend"),
         profiles=profiles,
-        default_profile=r.get_opt_str("default_profile"),
+        default_profile=r.opt_text("default_profile"),
         max_transcript_items=limits.get_opt_int("max_transcript_projection_items"),
         max_input_bytes=limits.get_opt_int("max_input_bytes"),
     )
@@ -191,66 +234,70 @@ def _capabilities(r: _Reader) -> Capabilities:
 def _profile_name(r: _Reader) -> str | None:
     value = r.body.get("profile")
     if value is None or isinstance(value, str):
-        return value
+        return r.scrubber.opt_text(value)
     if isinstance(value, dict):  # a selector {"kind", "value"?}
-        selector = _Reader(value, runtime_id=r.runtime_id, worker_id=r.worker_id, what="profile")
-        return selector.get_opt_str("value") or selector.get_opt_str("kind")
+        selector = r.child(value, "profile")
+        return selector.opt_text("value") or selector.opt_text("kind")
     r.bad("profile")
 
 
-def parse_worker(body: Any, *, runtime_id: str, worker_id: str | None = None) -> WorkerDetail:
+def parse_worker(
+    body: Any, *, runtime_id: str, worker_id: str | None = None, scrubber: Scrubber = GENERIC
+) -> WorkerDetail:
     """A WorkerDetail/WorkerSummary object; when ``worker_id`` is given the body must name that worker."""
-    r = _Reader(body, runtime_id=runtime_id, worker_id=worker_id, what="worker")
+    r = _Reader(body, runtime_id=runtime_id, worker_id=worker_id, what="worker", scrubber=scrubber)
     found = _check_ref(r, worker_id=worker_id)
     r.worker_id = found
     return WorkerDetail(
         runtime_id=runtime_id,
         worker_id=found,
-        status=r.get_str("status"),
+        status=r.text("status"),
         profile=_profile_name(r),
-        intent=dict(r.get_opt_dict("intent") or {}),
+        intent=dict(scrubber.tree(r.get_opt_dict("intent") or {})),
         transcript_len=r.get_opt_int("transcript_len"),
         last_seq=r.get_opt_int("last_seq"),
         created_at=r.get_opt_float("created_at"),
         updated_at=r.get_opt_float("updated_at"),
-        reason=r.get_opt_str("reason"),
+        reason=r.opt_text("reason"),
         exit_code=r.get_opt_int("exit_code"),
     )
 
 
-def parse_workers(body: Any, *, runtime_id: str) -> list[WorkerDetail]:
+def parse_workers(body: Any, *, runtime_id: str, scrubber: Scrubber = GENERIC) -> list[WorkerDetail]:
     """The list of ``{"workers": [...]}``."""
     if not isinstance(body, list):
         _bad(runtime_id, "workers")
-    return [parse_worker(item, runtime_id=runtime_id) for item in body]
+    return [parse_worker(item, runtime_id=runtime_id, scrubber=scrubber) for item in body]
 
 
-def parse_ack(body: Any, *, runtime_id: str, worker_id: str) -> Ack:
+def parse_ack(body: Any, *, runtime_id: str, worker_id: str, scrubber: Scrubber = GENERIC) -> Ack:
     """The ``ack`` of input/stop/cancel; it must name the worker the command went to."""
-    r = _Reader(body, runtime_id=runtime_id, worker_id=worker_id, what="ack")
+    r = _Reader(body, runtime_id=runtime_id, worker_id=worker_id, what="ack", scrubber=scrubber)
     _check_ref(r, worker_id=worker_id)
     return Ack(
         runtime_id=runtime_id,
         worker_id=worker_id,
-        status=r.get_str("status"),
+        status=r.text("status"),
         transcript_sequence=r.get_opt_int("transcript_sequence"),
-        event_id=r.get_opt_event_id("event_id"),
+        event_id=r.event_id("event_id"),
     )
 
 
-def parse_transcript(body: Any, *, runtime_id: str, worker_id: str) -> TranscriptPage:
-    """The ``transcript`` page of one worker."""
-    r = _Reader(body, runtime_id=runtime_id, worker_id=worker_id, what="transcript")
+def parse_transcript(
+    body: Any, *, runtime_id: str, worker_id: str, scrubber: Scrubber = GENERIC
+) -> TranscriptPage:
+    """The ``transcript`` page of one worker; item content is agent content (known secrets redacted)."""
+    r = _Reader(body, runtime_id=runtime_id, worker_id=worker_id, what="transcript", scrubber=scrubber)
     _check_ref(r, worker_id=worker_id)
     items = []
     for raw in r.get_list("items"):
-        item = _Reader(raw, runtime_id=runtime_id, worker_id=worker_id, what="transcript.items[]")
+        item = r.child(raw, "transcript.items[]")
         items.append(
             TranscriptItem(
                 sequence=item.get_int("sequence"),
-                role=item.get_str("role"),
-                content=item.get_str("content"),
-                event_id=item.get_opt_event_id("event_id"),
+                role=item.text("role"),
+                content=scrubber.content(item.get_str("content")),
+                event_id=item.event_id("event_id"),
             )
         )
     return TranscriptPage(
@@ -272,14 +319,17 @@ def _seq(value: Any) -> int | None:
     return None
 
 
-def parse_event(event_name: str, data: Any, *, runtime_id: str, worker_id: str) -> WorkerEvent | StreamReset:
-    """One SSE event (its ``event:`` name and ``data:`` object) of ``worker_id``'s stream."""
-    r = _Reader(data, runtime_id=runtime_id, worker_id=worker_id, what="event")
+def parse_event(
+    event_name: str, data: Any, *, runtime_id: str, worker_id: str, scrubber: Scrubber = GENERIC
+) -> WorkerEvent | StreamReset:
+    """One SSE event (its ``event:`` name and ``data:`` object) of ``worker_id``'s stream; the payload is
+    agent content (known secrets redacted), the kind metadata."""
+    r = _Reader(data, runtime_id=runtime_id, worker_id=worker_id, what="event", scrubber=scrubber)
     if event_name == RESET_EVENT:
         earliest = _seq(r.body.get("earliest_seq"))
         if earliest is None or earliest < 1:
             r.bad("earliest_seq")
-        return StreamReset(reason=r.get_opt_str("reason") or "history_expired", earliest_seq=earliest)
+        return StreamReset(reason=r.opt_text("reason") or "history_expired", earliest_seq=earliest)
     seq = _seq(r.body.get("seq"))
     if seq is None or seq < 1:
         r.bad("seq")
@@ -298,7 +348,7 @@ def parse_event(event_name: str, data: Any, *, runtime_id: str, worker_id: str) 
         runtime_id=runtime_id,
         worker_id=worker_id,
         seq=seq,
-        event=kind,
-        data=dict(payload) if payload is not None else {},
+        event=kind if kind in KNOWN_EVENT_KINDS else scrubber.text(kind),
+        data=dict(scrubber.content_tree(payload)) if payload is not None else {},
         ts=r.get_opt_float("ts"),
     )

@@ -18,7 +18,7 @@ from runtimes.models import AuditEvent, Runtime
 pytestmark = pytest.mark.django_db
 
 TOKEN_VALUE = "adm1n-PAGE-token-Kx93-never-shown"
-TOKEN_ENV = "YOI_TEST_ADMIN_RUNTIME_TOKEN"
+TOKEN_ENV = "YOI_RUNTIME_TOKEN_TEST_ADMIN_RUNTIME"
 
 
 @pytest.fixture
@@ -136,11 +136,11 @@ def test_editing_only_the_name_keeps_the_status_cache(admin_client: Client, remo
 @pytest.mark.parametrize(
     ("overrides", "field", "text"),
     [
-        ({"token_ref": ""}, "token_ref", "needs a token ref"),
+        ({"token_ref": ""}, "token_ref", "token_ref is required for a remote runtime"),
         ({"token_ref": "raw-secret-value"}, "token_ref", "token_ref must be"),
         ({"base_url": "ftp://127.0.0.1"}, "base_url", "http or https"),
         ({"base_url": "http://u:p@127.0.0.1"}, "base_url", "must not carry credentials"),
-        ({"kind": "embedded"}, "base_url", "An embedded runtime has no base URL."),
+        ({"kind": "embedded"}, "base_url", "base_url is not allowed for an embedded runtime"),
         ({"read_timeout": "0"}, "read_timeout", "Must be greater than 0"),
         ({"runtime_id": "bad id"}, "runtime_id", "runtime_id must match"),
     ],
@@ -162,6 +162,7 @@ class FakeProbeResult:
     state: str
     error_code: str
     latency_ms: float = 1.0
+    reason: str = ""
 
 
 def test_probe_now_action_reports_one_line_per_runtime(

@@ -29,7 +29,7 @@ runtime_id = "build-1"
 display_name = "Build host 1"
 kind = "remote"
 base_url = "http://127.0.0.1:38801"
-token_ref = "env:YOI_RUNTIME_BUILD_1_TOKEN"
+token_ref = "env:YOI_RUNTIME_TOKEN_BUILD_1"
 
 [[runtime]]
 runtime_id = "build-2"
@@ -40,6 +40,12 @@ token_ref = "file:/run/secrets/build-2"
 connect_timeout = 1.5
 read_timeout = 30
 """
+
+
+@pytest.fixture(autouse=True)
+def _secrets_dir(settings: Any) -> None:
+    """The file: refs of these files point into /run/secrets (nothing is read: the files need not exist)."""
+    settings.YOI_SECRETS_DIR = Path("/run/secrets")
 
 
 def write(tmp_path: Path, text: str, name: str = "runtimes.toml") -> Path:
@@ -131,7 +137,7 @@ def test_changed_connection_field_updates_and_resets_status_cache(tmp_path: Path
 @pytest.mark.parametrize(
     ("old", "new"),
     [
-        ('token_ref = "env:YOI_RUNTIME_BUILD_1_TOKEN"', 'token_ref = "env:OTHER_TOKEN"'),
+        ('token_ref = "env:YOI_RUNTIME_TOKEN_BUILD_1"', 'token_ref = "env:YOI_RUNTIME_TOKEN_OTHER"'),
         ('base_url = "http://127.0.0.1:38801"', 'base_url = "http://127.0.0.1:38801"\nconnect_timeout = 3.0'),
         ('base_url = "http://127.0.0.1:38801"', 'base_url = "http://127.0.0.1:38801"\nread_timeout = 3.0'),
         ('base_url = "http://127.0.0.1:38801"', 'base_url = "http://127.0.0.1:38801"\nenabled = false'),
@@ -147,11 +153,11 @@ def test_every_connection_field_resets_the_cache(tmp_path: Path, old: str, new: 
 def test_kind_change_updates(tmp_path: Path) -> None:
     sync("--file", str(write(tmp_path, BASE)))
     as_remote = BASE.replace(
-        'kind = "embedded"\n', 'kind = "remote"\nbase_url = "http://127.0.0.1:1"\ntoken_ref = "env:T"\n', 1
+        'kind = "embedded"\n', 'kind = "remote"\nbase_url = "http://127.0.0.1:1"\ntoken_ref = "env:YOI_RUNTIME_TOKEN_T"\n', 1
     )
     assert "embedded: updated" in sync("--file", str(write(tmp_path, as_remote)))
     row = Runtime.objects.get(runtime_id="embedded")
-    assert (row.kind, row.base_url, row.token_ref) == ("remote", "http://127.0.0.1:1", "env:T")
+    assert (row.kind, row.base_url, row.token_ref) == ("remote", "http://127.0.0.1:1", "env:YOI_RUNTIME_TOKEN_T")
 
 
 def test_prune_disables_missing_runtimes_and_keeps_their_audit_history(tmp_path: Path) -> None:
@@ -258,7 +264,7 @@ def test_file_defaults_to_the_setting(tmp_path: Path) -> None:
     with override_settings(YOI_RUNTIMES_CONFIG=str(EXAMPLE)):
         assert sync() == ["embedded: created", "local: created"]
     local = Runtime.objects.get(runtime_id="local")
-    assert (local.base_url, local.token_ref) == ("http://127.0.0.1:38800", "env:YOI_RUNTIME_LOCAL_TOKEN")
+    assert (local.base_url, local.token_ref) == ("http://127.0.0.1:38800", "env:YOI_RUNTIME_TOKEN_LOCAL")
 
 
 def test_runtime_repr_shows_only_the_id(tmp_path: Path) -> None:
@@ -267,4 +273,4 @@ def test_runtime_repr_shows_only_the_id(tmp_path: Path) -> None:
     for text in (repr(row), str(row), repr([row]), repr(Runtime.objects.filter(runtime_id="build-1"))):
         assert "build-1" in text
         assert "127.0.0.1" not in text and "38801" not in text
-        assert "YOI_RUNTIME_BUILD_1_TOKEN" not in text
+        assert "YOI_RUNTIME_TOKEN_BUILD_1" not in text

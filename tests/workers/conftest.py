@@ -15,7 +15,7 @@ from runtimes.models import Runtime
 from runtimes.registry import registry
 from tests.backend_process import free_port
 
-DEAD_TOKEN_ENV = "YOI_TEST_API_DEAD_RUNTIME_TOKEN"
+DEAD_TOKEN_ENV = "YOI_RUNTIME_TOKEN_TEST_API_DEAD_RUNTIME"
 DEAD_TOKEN_VALUE = "dead-runtime-token-9b1e77c2-never-shown"
 
 

@@ -34,9 +34,9 @@ from workers.routing import websocket_urlpatterns
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-HIDDEN_TOKEN_ENV = "YOI_TEST_WS_HIDDEN_TOKEN"
+HIDDEN_TOKEN_ENV = "YOI_RUNTIME_TOKEN_TEST_WS_HIDDEN"
 HIDDEN_TOKEN_VALUE = "hidden-runtime-token-5d0c81f4-never-shown"
-WRONG_TOKEN_ENV = "YOI_TEST_WS_WRONG_TOKEN"
+WRONG_TOKEN_ENV = "YOI_RUNTIME_TOKEN_TEST_WS_WRONG"
 WRONG_TOKEN_VALUE = "wrong-token-a61f09e3-never-shown"
 EVENT_KEYS = {"type", "runtime_id", "worker_id", "seq", "event", "data", "ts"}
 ERROR_KEYS = {"code", "message", "retryable", "runtime_id", "worker_id", "fields", "upstream_code"}

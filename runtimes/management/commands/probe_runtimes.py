@@ -29,4 +29,5 @@ class Command(BaseCommand):
             self.stdout.write("no runtimes registered")
         for result in results:
             detail = f" {result.error_code}" if result.error_code else ""
+            detail += f" ({result.reason})" if result.reason else ""
             self.stdout.write(f"{result.runtime_id}: {result.state}{detail} ({result.latency_ms:.0f} ms)")
