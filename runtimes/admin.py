@@ -67,7 +67,14 @@ class RuntimeAdmin(admin.ModelAdmin):
     ordering = ("runtime_id",)
     filter_horizontal = ("groups",)
     actions = ("probe_now",)
-    readonly_fields = (*STATUS_CACHE_FIELDS, "status_message", "transport_badge", "created_at", "updated_at")
+    readonly_fields = (
+        "status_badge",
+        *STATUS_CACHE_FIELDS,
+        "status_message",
+        "transport_badge",
+        "created_at",
+        "updated_at",
+    )
     fieldsets = (
         (None, {"fields": ("runtime_id", "display_name", "kind", "enabled")}),
         (
@@ -93,7 +100,7 @@ class RuntimeAdmin(admin.ModelAdmin):
         ("Access", {"fields": ("groups",)}),
         (
             "Status (maintained by probes)",
-            {"fields": (*STATUS_CACHE_FIELDS, "status_message", "created_at", "updated_at")},
+            {"fields": ("status_badge", "status_message", *STATUS_CACHE_FIELDS, "created_at", "updated_at")},
         ),
     )
 

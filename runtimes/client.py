@@ -145,7 +145,8 @@ class RemoteRuntimeClient:
         self.max_event_bytes = int(max_event_bytes)
         # The scrub of everything this runtime says (its own address, known secrets, paths, tracebacks).
         self.scrubber = scrubber or Scrubber(base_url=base_url)
-        if ssl_context is None and self._base_url.lower().startswith("https:"):
+        self._https = self._base_url.lower().startswith("https:")
+        if ssl_context is None and self._https:
             ssl_context = ssl.create_default_context()  # the system store
         self._session = self._make_session(pool_maxsize, ssl_context)
 
@@ -236,7 +237,7 @@ class RemoteRuntimeClient:
                 stream=True,
             )
         except Exception as exc:
-            raise self._map_failure(exc=exc, worker_id=worker_id) from exc
+            raise self._map_failure(exc=exc, worker_id=worker_id, before_response=True) from exc
 
     def open_event_stream(self, worker_id: str, *, after: int | None) -> ClientEventStream:
         """Open the SSE stream of one worker; ``after`` is the last seq seen (``0`` = from the first event).
@@ -348,16 +349,20 @@ class RemoteRuntimeClient:
         status: int | None = None,
         body: bytes = b"",
         worker_id: str | None = None,
+        before_response: bool = False,
     ) -> YoiError:
-        """THE mapping of a transport exception or a non-2xx status to a typed error (DESIGN §5).
+        """THE mapping of a transport exception or a non-2xx status to a typed error (docs/api.md).
 
-        Never reads ``str(exc)``: requests puts the URL in it.
+        Never reads ``str(exc)``: requests puts the URL in it. ``before_response``: the failure came before
+        any byte of an answer (so an https connection closed then is a refused TLS session, see below).
         """
         ids: dict[str, Any] = {"runtime_id": self.runtime_id, "worker_id": worker_id}
         if exc is not None:
             if isinstance(exc, YoiError):
                 return exc
-            tls = _is_tls_failure(exc)
+            # Under TLS 1.3 a runtime that refuses the Backend's client certificate (or gets none) does so
+            # after the handshake has completed on the Backend's side: the connection just closes, unanswered.
+            tls = _is_tls_failure(exc) or (before_response and self._https and _closed_unanswered(exc))
             extra = {"runtime_id": self.runtime_id, "worker_id": worker_id, "error_class": type(exc).__name__}
             logger.warning("runtimes.client.transport_error", extra={**extra, "reason": "tls" if tls else None})
             if tls:
@@ -427,6 +432,12 @@ def _is_tls_failure(exc: BaseException) -> bool:
     """A handshake or certificate failure, however requests/urllib3 wrapped it."""
     tls_errors = (ssl.SSLError, urllib3.exceptions.SSLError, requests.exceptions.SSLError)
     return any(isinstance(link, tls_errors) for link in _causes(exc))
+
+
+def _closed_unanswered(exc: BaseException) -> bool:
+    """The peer closed or reset the connection without sending a response."""
+    closed = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+    return any(isinstance(link, closed) for link in _causes(exc))
 
 
 def _is_timeout(exc: BaseException) -> bool:
