@@ -1,4 +1,4 @@
-"""TLS material made at test time with ``trustme``: a CA, a runtime's server certificate, the Backend's client pair.
+"""TLS material made at test time with ``trustme``: a CA, a runtime's server certificate, a client pair.
 
 Nothing here is committed or reused between tests: every test that needs certificates makes its own.
 """

@@ -152,9 +152,8 @@ def test_every_connection_field_resets_the_cache(tmp_path: Path, old: str, new: 
 
 def test_kind_change_updates(tmp_path: Path) -> None:
     sync("--file", str(write(tmp_path, BASE)))
-    as_remote = BASE.replace(
-        'kind = "embedded"\n', 'kind = "remote"\nbase_url = "http://127.0.0.1:1"\ntoken_ref = "env:YOI_RUNTIME_TOKEN_T"\n', 1
-    )
+    remote_keys = 'kind = "remote"\nbase_url = "http://127.0.0.1:1"\ntoken_ref = "env:YOI_RUNTIME_TOKEN_T"\n'
+    as_remote = BASE.replace('kind = "embedded"\n', remote_keys, 1)
     assert "embedded: updated" in sync("--file", str(write(tmp_path, as_remote)))
     row = Runtime.objects.get(runtime_id="embedded")
     assert (row.kind, row.base_url, row.token_ref) == ("remote", "http://127.0.0.1:1", "env:YOI_RUNTIME_TOKEN_T")
