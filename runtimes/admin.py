@@ -104,6 +104,10 @@ class RuntimeAdmin(admin.ModelAdmin):
         ),
     )
 
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        """A new row says where a runtime is reached and with which credential: the connection permission too."""
+        return super().has_add_permission(request) and request.user.has_perm(CONNECTION_PERMISSION)
+
     def get_readonly_fields(self, request: HttpRequest, obj: Runtime | None = None) -> tuple[str, ...]:
         """Where a runtime is reached and with which credential is read-only without the connection permission."""
         fields = tuple(super().get_readonly_fields(request, obj))

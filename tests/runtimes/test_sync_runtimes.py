@@ -273,3 +273,88 @@ def test_runtime_repr_shows_only_the_id(tmp_path: Path) -> None:
         assert "build-1" in text
         assert "127.0.0.1" not in text and "38801" not in text
         assert "YOI_RUNTIME_TOKEN_BUILD_1" not in text
+
+
+# --------------------------------------------------------------------------------------------- confined refs
+
+
+def refused_refs(secrets_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Each ref the rules refuse, set up in a real secrets dir (the same list as the admin's test)."""
+    (secrets_dir.parent / "outside").write_text("tok-outside-value")
+    (secrets_dir / "link").symlink_to(secrets_dir.parent / "outside")
+    (secrets_dir / "empty").write_text("")
+    (secrets_dir / "a-dir").mkdir()
+    monkeypatch.setenv("YOI_RUNTIME_TOKEN_", "tok-bare-prefix-value")
+    return {
+        "django_secret_key": "env:DJANGO_SECRET_KEY",
+        "database_url": "env:DATABASE_URL",
+        "bare_prefix": "env:YOI_RUNTIME_TOKEN_",
+        "relative": "file:../x",
+        "symlink_out": f"file:{secrets_dir / 'link'}",
+        "outside": f"file:{secrets_dir.parent / 'outside'}",
+        "empty_file": f"file:{secrets_dir / 'empty'}",
+        "directory": f"file:{secrets_dir / 'a-dir'}",
+    }
+
+
+@pytest.mark.parametrize("key", ["token_ref", "tls_client_key_ref"])
+def test_a_refused_ref_fails_the_whole_sync_naming_entry_key_and_line(
+    tmp_path: Path, settings: Any, monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    secrets_dir = (tmp_path / "secrets").resolve()
+    secrets_dir.mkdir()
+    settings.YOI_SECRETS_DIR = secrets_dir
+    base = BASE.replace("/run/secrets", str(secrets_dir))
+    sync("--file", str(write(tmp_path, base)))
+    before = snapshot()
+    for name, ref in refused_refs(secrets_dir, monkeypatch).items():
+        if key == "token_ref":
+            text = base.replace('token_ref = "env:YOI_RUNTIME_TOKEN_BUILD_1"', f'token_ref = "{ref}"')
+            line = 11
+        else:
+            text = base.replace(
+                'base_url = "http://127.0.0.1:38801"',
+                'base_url = "https://127.0.0.1:38801"\ntls_client_cert_file = "/etc/yoi/backend.pem"\n'
+                f'tls_client_key_ref = "{ref}"',
+            )
+            line = 12
+        with pytest.raises(CommandError) as info:
+            sync("--file", str(write(tmp_path, text)))
+        message = str(info.value)
+        assert f"runtime entry 2 (runtime_id 'build-1', line {line}): key '{key}'" in message, (name, message)
+        value = ref.partition(":")[2]
+        assert value == "YOI_RUNTIME_TOKEN_" or value not in message, (name, message)
+        assert snapshot() == before, name
+
+
+def test_tls_keys_sync_and_reset_the_cache(tmp_path: Path) -> None:
+    sync("--file", str(write(tmp_path, BASE)))
+    mark_online("build-1")
+    text = BASE.replace(
+        'base_url = "http://127.0.0.1:38801"',
+        'base_url = "https://127.0.0.1:38801"\ntls_ca_file = "/etc/yoi/ca.pem"\n'
+        'tls_client_cert_file = "/etc/yoi/backend.pem"\ntls_client_key_ref = "file:/run/secrets/backend.key"',
+    )
+    assert "build-1: updated" in sync("--file", str(write(tmp_path, text)))
+    row = Runtime.objects.get(runtime_id="build-1")
+    assert (row.tls_ca_file, row.tls_client_cert_file, row.tls_client_key_ref) == (
+        "/etc/yoi/ca.pem",
+        "/etc/yoi/backend.pem",
+        "file:/run/secrets/backend.key",
+    )
+    assert row.status == Runtime.Status.CONFIGURED
+
+
+def test_plain_http_to_a_remote_host_needs_allow_insecure_http(tmp_path: Path) -> None:
+    remote_http = BASE.replace("http://127.0.0.1:38801", "http://build-1.internal:38801")
+    with pytest.raises(CommandError) as info:
+        sync("--file", str(write(tmp_path, remote_http)))
+    assert "runtime entry 2 (runtime_id 'build-1', line 10): key 'base_url'" in str(info.value)
+    assert "allow_insecure_http" in str(info.value)
+    assert Runtime.objects.count() == 0
+    allowed = remote_http.replace(
+        'base_url = "http://build-1.internal:38801"',
+        'base_url = "http://build-1.internal:38801"\nallow_insecure_http = true',
+    )
+    assert "build-1: created" in sync("--file", str(write(tmp_path, allowed)))
+    assert Runtime.objects.get(runtime_id="build-1").allow_insecure_http is True
