@@ -300,7 +300,8 @@ def _validate_entry(
         fail("kind", "kind must be 'embedded' or 'remote'")
 
     connection = {key: raw[key] for key in REMOTE_CONNECTION_KEYS if key in raw}
-    mistyped = {key for key in ("base_url", "token_ref", *TLS_KEYS) if not isinstance(connection.get(key, ""), str)}
+    text_keys = ("base_url", "token_ref", *TLS_KEYS)
+    mistyped = {key for key in text_keys if not isinstance(connection.get(key, ""), str)}
     for key in sorted(mistyped):
         fail(key, f"{key} must be a string")
     if kind == "remote":

@@ -110,6 +110,7 @@ INSTALLED_APPS = [
     "channels",
     "runtimes",
     "workers",
+    "yoi_backend.apps.YoiBackendConfig",
 ]
 
 MIDDLEWARE = [
