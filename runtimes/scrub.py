@@ -11,11 +11,13 @@ Two strengths, one place (see docs/operations.md, "What the Backend scrubs"):
 
 Known secret values (every runtime token and mTLS key the Backend can resolve, ``DJANGO_SECRET_KEY``, the
 passwords in ``DATABASE_URL`` / ``REDIS_URL``, the metrics token) are collected once and kept in
-``known_secrets``; the hot path only runs substring checks over that precomputed tuple.
+``known_secrets``. The hot path (an event payload) is one C-speed JSON encoding of the payload and one
+substring search per secret in it; only a payload that holds a secret is walked and rebuilt.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -54,6 +56,8 @@ class KnownSecrets:
         self._static_loaded = False
         self._set: frozenset[str] = frozenset()
         self._values: tuple[str, ...] = ()
+        # Each value as it appears inside a JSON string (quotes and backslashes escaped), for redact_tree.
+        self._in_json: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"KnownSecrets(count={len(self._values)})"
@@ -85,9 +89,19 @@ class KnownSecrets:
         return text
 
     def redact_tree(self, value: Any) -> Any:
-        """A JSON value with known secrets replaced in every string (keys too); unchanged parts are shared."""
+        """A JSON value with known secrets replaced in every string (keys too); unchanged parts are shared.
+
+        A secret inside a string is, escaped, inside the string's JSON encoding: so a payload whose encoding
+        holds none of them is returned as it is, without a walk (the common case, in C).
+        """
         values = self.values()
         if not values:
+            return value
+        try:
+            encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        except (TypeError, ValueError):
+            encoded = None
+        if encoded is not None and not any(form in encoded for form in self._in_json):
             return value
         return _walk(value, lambda text: _redact_with(text, values))
 
@@ -101,6 +115,7 @@ class KnownSecrets:
     def _rebuild(self, values: frozenset[str]) -> None:
         self._set = values
         self._values = tuple(sorted(values, key=lambda value: (-len(value), value)))
+        self._in_json = tuple(json.dumps(value, ensure_ascii=False)[1:-1] for value in self._values)
 
 
 def _secret_forms(values: Iterable[object]) -> frozenset[str]:
