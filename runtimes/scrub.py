@@ -11,8 +11,9 @@ Two strengths, one place (see docs/operations.md, "What the Backend scrubs"):
 
 Known secret values (every runtime token and mTLS key the Backend can resolve, ``DJANGO_SECRET_KEY``, the
 passwords in ``DATABASE_URL`` / ``REDIS_URL``, the metrics token) are collected once and kept in
-``known_secrets``. The hot path (an event payload) is one C-speed JSON encoding of the payload and one
-substring search per secret in it; only a payload that holds a secret is walked and rebuilt.
+``known_secrets`` with an Aho-Corasick automaton over them (``ahocorasick_rs``): the hot path (an event
+payload) is one scan of its text, whatever the number of secrets; only a payload that holds a secret is
+walked and rebuilt.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+import ahocorasick_rs
+
 REDACTED = "<redacted>"
 # Shorter values are not redacted: a secret that short would also match ordinary words, and is no secret.
 MIN_SECRET_LENGTH = 8
@@ -33,6 +36,8 @@ MIN_PEM_LINE_LENGTH = 16
 MAX_UPSTREAM_MESSAGE = 200
 # Percent-decoding rounds: "%252F" is "/" encoded twice.
 MAX_DECODE_ROUNDS = 3
+_SCALARS = (int, float, bool, type(None))
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 _URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
 _PATH_RE = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][\w.~-]+){2,}[\\/]?|~[\\/]\S*")
@@ -56,8 +61,9 @@ class KnownSecrets:
         self._static_loaded = False
         self._set: frozenset[str] = frozenset()
         self._values: tuple[str, ...] = ()
-        # Each value as it appears inside a JSON string (quotes and backslashes escaped), for redact_tree.
-        self._in_json: tuple[str, ...] = ()
+        self._matcher: ahocorasick_rs.AhoCorasick | None = None
+        # The values as they appear inside a JSON string (quotes and backslashes escaped), for redact_tree.
+        self._json_matcher: ahocorasick_rs.AhoCorasick | None = None
 
     def __repr__(self) -> str:
         return f"KnownSecrets(count={len(self._values)})"
@@ -82,28 +88,35 @@ class KnownSecrets:
             self._rebuild(frozenset())
 
     def redact(self, text: str) -> str:
-        """``text`` with every known secret value replaced."""
-        for value in self.values():
-            if value in text:
-                text = text.replace(value, REDACTED)
-        return text
+        """``text`` with every known secret value replaced (the longest match wins)."""
+        if not self._static_loaded:
+            self._load_static()
+        matcher = self._matcher
+        if matcher is None:
+            return text
+        spans = matcher.find_matches_as_indexes(text)
+        if not spans:
+            return text
+        parts: list[str] = []
+        last = 0
+        for _, start, end in spans:
+            parts += (text[last:start], REDACTED)
+            last = end
+        parts.append(text[last:])
+        return "".join(parts)
 
     def redact_tree(self, value: Any) -> Any:
         """A JSON value with known secrets replaced in every string (keys too); unchanged parts are shared.
 
-        A secret inside a string is, escaped, inside the string's JSON encoding: so a payload whose encoding
-        holds none of them is returned as it is, without a walk (the common case, in C).
+        The common case — nothing to redact — costs one automaton scan of each string of a flat object, or
+        of the JSON encoding of a deeper one (a secret inside a string is, escaped, inside its encoding).
         """
-        values = self.values()
-        if not values:
+        if not self._static_loaded:
+            self._load_static()
+        matcher, json_matcher = self._matcher, self._json_matcher
+        if matcher is None or json_matcher is None or not _holds(value, matcher, json_matcher):
             return value
-        try:
-            encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-        except (TypeError, ValueError):
-            encoded = None
-        if encoded is not None and not any(form in encoded for form in self._in_json):
-            return value
-        return _walk(value, lambda text: _redact_with(text, values))
+        return _walk(value, self.redact)
 
     def _load_static(self) -> None:
         values = _secret_forms(self._static_source())
@@ -113,9 +126,13 @@ class KnownSecrets:
                 self._rebuild(self._set | values)
 
     def _rebuild(self, values: frozenset[str]) -> None:
+        ordered = sorted(values, key=lambda value: (-len(value), value))
+        longest = ahocorasick_rs.MatchKind.LeftmostLongest
+        self._matcher = ahocorasick_rs.AhoCorasick(ordered, matchkind=longest) if ordered else None
+        escaped = sorted({json.dumps(value, ensure_ascii=False)[1:-1] for value in ordered})
+        self._json_matcher = ahocorasick_rs.AhoCorasick(escaped) if escaped else None
         self._set = values
-        self._values = tuple(sorted(values, key=lambda value: (-len(value), value)))
-        self._in_json = tuple(json.dumps(value, ensure_ascii=False)[1:-1] for value in self._values)
+        self._values = tuple(ordered)
 
 
 def _secret_forms(values: Iterable[object]) -> frozenset[str]:
@@ -136,11 +153,29 @@ def _secret_forms(values: Iterable[object]) -> frozenset[str]:
     return frozenset(forms)
 
 
-def _redact_with(text: str, values: tuple[str, ...]) -> str:
-    for value in values:
-        if value in text:
-            text = text.replace(value, REDACTED)
-    return text
+def _holds(value: Any, matcher: ahocorasick_rs.AhoCorasick, json_matcher: ahocorasick_rs.AhoCorasick) -> bool:
+    """Whether any string of a JSON value (keys too) may hold a known secret (a rare false positive only
+    costs a walk)."""
+    if type(value) is str:
+        return bool(matcher.find_matches_as_indexes(value))
+    if type(value) is dict:
+        # Most payloads are one flat object ({"text": "..."}): scan its strings as they are.
+        for key, item in value.items():
+            kind = type(item)
+            if kind is str:
+                if matcher.find_matches_as_indexes(item):
+                    return True
+            elif kind not in _SCALARS:
+                break
+            if type(key) is str and matcher.find_matches_as_indexes(key):
+                return True
+        else:
+            return False
+    try:
+        encoded = _ENCODER.encode(value)
+    except (TypeError, ValueError):
+        return True  # not plain JSON: walk it
+    return bool(json_matcher.find_matches_as_indexes(encoded))
 
 
 def _walk(value: Any, fix: Callable[[str], str]) -> Any:

@@ -70,7 +70,7 @@ YOI_DATA_DIR = Path(env_str("YOI_DATA_DIR", str(BASE_DIR / "var"))).resolve()
 YOI_RUNTIMES_CONFIG = env_str("YOI_RUNTIMES_CONFIG", "")
 # Secret refs of runtime rows are confined (runtimes/secrets.py): env: refs name only variables with this
 # prefix, file: refs only files inside this directory (symlinks followed).
-YOI_TOKEN_ENV_PREFIX = env_str("YOI_TOKEN_ENV_PREFIX", "YOI_RUNTIME_TOKEN_")
+YOI_TOKEN_ENV_PREFIX = env_str("YOI_TOKEN_ENV_PREFIX", "") or "YOI_RUNTIME_TOKEN_"
 if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{3,}", YOI_TOKEN_ENV_PREFIX) or any(
     own.startswith(YOI_TOKEN_ENV_PREFIX)
     for own in ("DJANGO_SECRET_KEY", "DATABASE_URL", "REDIS_URL", "YOI_METRICS_TOKEN")
@@ -79,7 +79,7 @@ if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{3,}", YOI_TOKEN_ENV_PREFIX) or any(
         "YOI_TOKEN_ENV_PREFIX must be at least 4 characters of [A-Za-z0-9_] and must not cover the Backend's "
         f"own variables, got {YOI_TOKEN_ENV_PREFIX!r}"
     )
-YOI_SECRETS_DIR = Path(env_str("YOI_SECRETS_DIR", str(YOI_DATA_DIR / "secrets"))).resolve()
+YOI_SECRETS_DIR = Path(env_str("YOI_SECRETS_DIR", "") or YOI_DATA_DIR / "secrets").resolve()
 # How long cached runtime status stays fresh before a detail read refreshes it.
 YOI_STATUS_STALE_SECONDS = env_float("YOI_STATUS_STALE_SECONDS", 30.0)
 # How often a running process re-reads runtime rows to pick up admin / sync changes.
