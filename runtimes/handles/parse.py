@@ -29,25 +29,13 @@ from runtimes.types import (
     WorkerEvent,
     is_valid_id,
 )
+from worker_runtime.model import EVENT_KINDS
 
 logger = logging.getLogger(__name__)
 
 RESET_EVENT = "reset"
-# Event kinds of the protocol: their names need no scrub (the hot path skips it).
-KNOWN_EVENT_KINDS = frozenset(
-    {
-        "status",
-        "user_message",
-        "text_delta",
-        "text_done",
-        "tool_call",
-        "tool_result",
-        "error",
-        "run_end",
-        "worker_exited",
-        "message",
-    }
-)
+# Event kinds of the protocol (and SSE's default name): their names need no scrub (the hot path skips it).
+KNOWN_EVENT_KINDS = EVENT_KINDS | {"message"}
 
 
 def _bad(runtime_id: str, what: str, *, worker_id: str | None = None, message: str | None = None) -> NoReturn:

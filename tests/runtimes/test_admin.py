@@ -15,6 +15,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from runtimes.models import AuditEvent, Runtime
+from tests.runtimes.conftest import refused_refs
 
 pytestmark = pytest.mark.django_db
 
@@ -144,6 +145,15 @@ def test_editing_only_the_name_keeps_the_status_cache(admin_client: Client, remo
         ({"kind": "embedded"}, "base_url", "base_url is not allowed for an embedded runtime"),
         ({"read_timeout": "0"}, "read_timeout", "Must be greater than 0"),
         ({"runtime_id": "bad id"}, "runtime_id", "runtime_id must match"),
+        # The transport rules of the config file (docs/operations.md).
+        ({"base_url": "http://10.0.0.9:38811"}, "base_url", "allow_insecure_http"),
+        ({"tls_ca_file": "/etc/yoi/ca.pem"}, "tls_ca_file", "need an https:// base_url"),
+        ({"base_url": "https://127.0.0.1:1", "tls_ca_file": "ca.pem"}, "tls_ca_file", "absolute path"),
+        (
+            {"base_url": "https://127.0.0.1:1", "tls_client_cert_file": "/etc/b.pem"},
+            "tls_client_key_ref",
+            "together",
+        ),
     ],
 )
 def test_admin_form_runs_model_validation(
@@ -325,25 +335,6 @@ def test_adding_a_runtime_needs_the_connection_permission_too(client: Client) ->
 # -------------------------------------------------------------------------------------- refused where written
 
 
-def refused_refs(secrets_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """The refs the issue names, each of which must be a field error (never a request)."""
-    (secrets_dir.parent / "outside").write_text("tok-outside-value")
-    (secrets_dir / "link").symlink_to(secrets_dir.parent / "outside")
-    (secrets_dir / "empty").write_text("")
-    (secrets_dir / "a-dir").mkdir()
-    monkeypatch.setenv("YOI_RUNTIME_TOKEN_", "tok-bare-prefix-value")
-    return {
-        "django_secret_key": "env:DJANGO_SECRET_KEY",
-        "database_url": "env:DATABASE_URL",
-        "bare_prefix": "env:YOI_RUNTIME_TOKEN_",
-        "relative": "file:../x",
-        "symlink_out": f"file:{secrets_dir / 'link'}",
-        "outside": f"file:{secrets_dir.parent / 'outside'}",
-        "empty_file": f"file:{secrets_dir / 'empty'}",
-        "directory": f"file:{secrets_dir / 'a-dir'}",
-    }
-
-
 @pytest.mark.parametrize("key", ["token_ref", "tls_client_key_ref"])
 def test_the_admin_form_refuses_each_ref_with_a_field_error(
     admin_client: Client, remote_runtime: Runtime, secrets_dir: Path, monkeypatch: pytest.MonkeyPatch, key: str
@@ -363,29 +354,6 @@ def test_the_admin_form_refuses_each_ref_with_a_field_error(
         "",
         "http://127.0.0.1:38811",
     )
-
-
-@pytest.mark.parametrize(
-    ("overrides", "field", "text"),
-    [
-        ({"base_url": "http://10.0.0.9:38811"}, "base_url", "allow_insecure_http"),
-        ({"tls_ca_file": "/etc/yoi/ca.pem"}, "tls_ca_file", "need an https:// base_url"),
-        ({"base_url": "https://127.0.0.1:1", "tls_ca_file": "ca.pem"}, "tls_ca_file", "absolute path"),
-        (
-            {"base_url": "https://127.0.0.1:1", "tls_client_cert_file": "/etc/b.pem"},
-            "tls_client_key_ref",
-            "together",
-        ),
-    ],
-)
-def test_the_admin_form_applies_the_transport_rules(
-    admin_client: Client, remote_runtime: Runtime, overrides: dict[str, str], field: str, text: str
-) -> None:
-    url = reverse("admin:runtimes_runtime_change", args=[remote_runtime.pk])
-    response = admin_client.post(url, change_form_data(remote_runtime, **overrides))
-    assert response.status_code == 200
-    errors = response.context["adminform"].form.errors
-    assert field in errors and any(text in message for message in errors[field]), errors
 
 
 def test_plain_http_to_a_remote_host_is_allowed_only_when_asked_and_badged(

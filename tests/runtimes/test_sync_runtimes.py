@@ -13,6 +13,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from runtimes.models import AuditEvent, Runtime
+from tests.runtimes.conftest import refused_refs
 
 pytestmark = pytest.mark.django_db
 
@@ -276,25 +277,6 @@ def test_runtime_repr_shows_only_the_id(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------- confined refs
-
-
-def refused_refs(secrets_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Each ref the rules refuse, set up in a real secrets dir (the same list as the admin's test)."""
-    (secrets_dir.parent / "outside").write_text("tok-outside-value")
-    (secrets_dir / "link").symlink_to(secrets_dir.parent / "outside")
-    (secrets_dir / "empty").write_text("")
-    (secrets_dir / "a-dir").mkdir()
-    monkeypatch.setenv("YOI_RUNTIME_TOKEN_", "tok-bare-prefix-value")
-    return {
-        "django_secret_key": "env:DJANGO_SECRET_KEY",
-        "database_url": "env:DATABASE_URL",
-        "bare_prefix": "env:YOI_RUNTIME_TOKEN_",
-        "relative": "file:../x",
-        "symlink_out": f"file:{secrets_dir / 'link'}",
-        "outside": f"file:{secrets_dir.parent / 'outside'}",
-        "empty_file": f"file:{secrets_dir / 'empty'}",
-        "directory": f"file:{secrets_dir / 'a-dir'}",
-    }
 
 
 @pytest.mark.parametrize("key", ["token_ref", "tls_client_key_ref"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from rest_framework.test import APIClient
 from runtimes.models import Runtime
 from runtimes.registry import registry
 from tests.backend_process import free_port
+from workers.relay import relay_hub
 
 DEAD_TOKEN_ENV = "YOI_RUNTIME_TOKEN_TEST_API_DEAD_RUNTIME"
 DEAD_TOKEN_VALUE = "dead-runtime-token-9b1e77c2-never-shown"
@@ -126,3 +127,14 @@ class ServiceSpy:
 def services(monkeypatch: pytest.MonkeyPatch) -> ServiceSpy:
     """Service functions of ``workers.views`` replaced by a spy (unexpected calls fail the test)."""
     return ServiceSpy(monkeypatch)
+
+
+@pytest.fixture
+async def fast_relay(settings: SettingsWrapper) -> AsyncIterator[None]:
+    """Fast linger, no cluster mode; every relay closed at the end, on the test's own loop."""
+    settings.YOI_RELAY_LINGER_SECONDS = 0.2
+    settings.REDIS_URL = ""
+    try:
+        yield
+    finally:
+        relay_hub.reset()

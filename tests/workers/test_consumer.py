@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser, Group, User
-from pytest_django.fixtures import Settings as SettingsWrapper
 
 from runtimes.models import Runtime
 from tests.runtime_process import RuntimeProcess
@@ -32,7 +31,7 @@ from tests.workers.ws_helpers import (
 from workers.relay import relay_hub
 from workers.routing import websocket_urlpatterns
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_relay")]
 
 HIDDEN_TOKEN_ENV = "YOI_RUNTIME_TOKEN_TEST_WS_HIDDEN"
 HIDDEN_TOKEN_VALUE = "hidden-runtime-token-5d0c81f4-never-shown"
@@ -42,17 +41,6 @@ EVENT_KEYS = {"type", "runtime_id", "worker_id", "seq", "event", "data", "ts"}
 ERROR_KEYS = {"code", "message", "retryable", "runtime_id", "worker_id", "fields", "upstream_code"}
 # An echo worker created with an initial input: status, user_message, 4 text_delta, text_done.
 ECHO_FIRST_ANSWER = ["status", "user_message", "text_delta", "text_delta", "text_delta", "text_delta", "text_done"]
-
-
-@pytest.fixture(autouse=True)
-async def relay_cleanup(settings: SettingsWrapper) -> AsyncIterator[None]:
-    """Fast linger, no cluster mode; every relay closed at the end, on the test's own loop."""
-    settings.YOI_RELAY_LINGER_SECONDS = 0.2
-    settings.REDIS_URL = ""
-    try:
-        yield
-    finally:
-        relay_hub.reset()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ them and only secret values are redacted.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,14 +17,12 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import Client
-from pytest_django.fixtures import Settings as SettingsWrapper
 from rest_framework.test import APIClient
 
 from runtimes.models import Runtime
 from runtimes.scrub import REDACTED, known_secrets
 from tests.workers.hostile_runtime import LEAK_PATH, RID, WID, HostileRuntime, Poison
 from tests.workers.ws_helpers import events_path, is_event, open_socket
-from workers.relay import relay_hub
 
 TOKEN_ENV = "YOI_RUNTIME_TOKEN_HOSTILE"
 TOKEN = "tok-hostile-backend-credential-31c9e7"
@@ -154,20 +152,9 @@ def test_no_runtime_supplied_address_path_traceback_or_secret_reaches_the_api_co
         check_page(f"admin {path}", page.content.decode(), poison, allowed=(f'value="{row.base_url}"',))
 
 
-@pytest.fixture
-async def relay_cleanup(settings: SettingsWrapper) -> AsyncIterator[None]:
-    settings.YOI_RELAY_LINGER_SECONDS = 0.2
-    settings.REDIS_URL = ""
-    try:
-        yield
-    finally:
-        relay_hub.reset()
-
-
 @pytest.mark.django_db(transaction=True)
-async def test_no_poison_reaches_a_websocket_frame_outside_event_payloads(
-    hostile: HostileRuntime, relay_cleanup: None
-) -> None:
+@pytest.mark.usefixtures("fast_relay")
+async def test_no_poison_reaches_a_websocket_frame_outside_event_payloads(hostile: HostileRuntime) -> None:
     poison = hostile.poison
     user = await sync_to_async(User.objects.create_user)("bob", "", "bob-pw-for-tests")
     socket_ = await open_socket(events_path(RID, WID, "after=0"), user=user)

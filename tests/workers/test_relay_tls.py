@@ -3,12 +3,10 @@ the Backend's client certificate (certificates made by trustme); the stream uses
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
-from pytest_django.fixtures import Settings as SettingsWrapper
 
 from runtimes.models import Runtime
 from tests.conftest import RuntimeFactory
@@ -25,22 +23,10 @@ from tests.workers.ws_helpers import (
     stop_worker,
     worker_settled,
 )
-from workers.relay import relay_hub
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_relay")]
 
 TOKEN_ENV = "YOI_RUNTIME_TOKEN_RELAY_TLS"
-
-
-@pytest.fixture(autouse=True)
-async def relay_cleanup(settings: SettingsWrapper) -> AsyncIterator[None]:
-    """Fast linger, no cluster mode; every relay closed at the end, on the test's own loop."""
-    settings.YOI_RELAY_LINGER_SECONDS = 0.2
-    settings.REDIS_URL = ""
-    try:
-        yield
-    finally:
-        relay_hub.reset()
 
 
 async def test_a_browser_watches_a_worker_of_an_mtls_runtime(
