@@ -24,8 +24,9 @@ from runtimes.scrub import KnownSecrets, Scrubber
 
 BASE_URL = "https://runtime-7.build.internal:8443"
 SECRET_COUNTS = (2, 10, 50)
-# A streamed text chunk (most events), a tool result (a few KiB), and a nested payload.
+# bench/relay.py's event, a streamed text chunk (most events), a tool result (a few KiB), a nested payload.
 PAYLOADS: dict[str, dict[str, Any]] = {
+    "burst": {"i": 1234, "text": "."},  # what bench/relay.py streams
     "text_delta": {"text": "Reading the build log under /srv/build/out and http://ci.example/run/42 "},
     "tool_result_4k": {"tool": "shell", "output": "line of compiler output with a path /usr/lib/x.so\n" * 80},
     "nested": {
