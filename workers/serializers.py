@@ -307,7 +307,7 @@ class RuntimeOutputSerializer(serializers.Serializer[Any]):
     capabilities = serializers.SerializerMethodField()
 
     def get_status(self, view: Any) -> dict[str, Any]:
-        """``{state, checked_at, last_seen_at, error_code}``."""
+        """``{state, checked_at, last_seen_at, error_code, reason}``."""
         # One shared instance: a new nested serializer per row deep-copies its fields (most of a list's time).
         return dict(_STATUS_SERIALIZER.to_representation(view))
 
