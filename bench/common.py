@@ -39,7 +39,7 @@ import requests
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 HOST = "127.0.0.1"
-RUNTIME_TOKEN_ENV = "YOI_BENCH_RUNTIME_TOKEN"
+RUNTIME_TOKEN_ENV = "YOI_RUNTIME_TOKEN_BENCH_RUNTIME"
 READY_RE = re.compile(r"^yoi-runtime: runtime (\S+) listening on http://(\S+):(\d+) ")
 BENCH_USER = "bench"
 # Set by bench.all so that every script reuses one collectstatic output and one migrated database.

@@ -45,8 +45,8 @@ from bench.common import (
 
 HEALTHY_ID = "iso-healthy"
 DEAD_ID = "iso-dead"
-TOKEN_ENV = "YOI_BENCH_ISO_TOKEN"
-DEAD_TOKEN_ENV = "YOI_BENCH_ISO_DEAD_TOKEN"
+TOKEN_ENV = "YOI_RUNTIME_TOKEN_BENCH_ISO"
+DEAD_TOKEN_ENV = "YOI_RUNTIME_TOKEN_BENCH_ISO_DEAD"
 P99_RATIO_LIMIT = 1.2
 MAX_IN_FLIGHT = 256
 # The defaults of a runtime entry (DESIGN §7): what an operator gets without tuning.

@@ -1,8 +1,12 @@
-"""Operator admin for runtimes (status badge, "probe now", the operator view) and the read-only audit log.
+"""Operator admin for runtimes (status and transport badges, "probe now", the operator view) and the
+read-only audit log.
 
-Operators see and edit ``base_url`` and the token *ref*; nothing here resolves a ref, so a token value
-can never reach a page. A runtime's page also shows what an operator on call needs: its breaker and the
-streams and sockets this process holds for it, its last probes and its audit rows.
+Operators see ``base_url`` and the secret *refs*; changing where a runtime is reached or with which
+credential (``AIMING_FIELDS``) needs ``runtimes.change_runtime_connection``, and without it those fields are
+read-only. A ref is checked when written (a file is read to see that it is not empty) but its value is
+never shown; the capabilities shown were scrubbed when they came from the runtime. A runtime's page also
+shows what an operator on call needs: its breaker and the streams and sockets this process holds for it,
+its last probes and its audit rows.
 """
 
 from __future__ import annotations
@@ -19,7 +23,15 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from runtimes import metrics
-from runtimes.models import CONNECTION_FIELDS, STATUS_CACHE_FIELDS, AuditEvent, ProbeRecord, Runtime
+from runtimes.config import insecure_http
+from runtimes.models import (
+    AIMING_FIELDS,
+    CONNECTION_FIELDS,
+    STATUS_CACHE_FIELDS,
+    AuditEvent,
+    ProbeRecord,
+    Runtime,
+)
 from runtimes.registry import registry
 from runtimes.types import Capabilities
 
@@ -54,6 +66,29 @@ def _when(value: object) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if hasattr(value, "strftime") else "—"
 
 
+CONNECTION_PERMISSION = "runtimes.change_runtime_connection"
+# What a status reason means, for operators (runtimes/errors.py RuntimeMisconfigured, the client's "tls").
+REASON_MESSAGES: dict[str, str] = {
+    "tls": "TLS failed: the runtime's certificate did not verify (CA, host name, validity), or the runtime "
+    "refused the Backend's client certificate. Nothing was sent.",
+    "base_url": "base_url cannot be used: plain http:// to a host that is not loopback needs "
+    "allow_insecure_http, and TLS settings need https://. Nothing was sent.",
+    "token_ref": "token_ref is refused: env: refs must name YOI_TOKEN_ENV_PREFIX<NAME>, file: refs a file "
+    "inside YOI_SECRETS_DIR. Nothing was sent.",
+    "tls_ca_file": "tls_ca_file cannot be used: missing, unreadable or not a PEM certificate bundle.",
+    "tls_client_cert_file": "tls_client_cert_file cannot be used: missing, unreadable or not PEM.",
+    "tls_client_key_ref": "tls_client_key_ref cannot be used: refused, missing, or not the key of the "
+    "client certificate.",
+}
+# Transport label -> its badge's class in runtimes/admin.css.
+TRANSPORT_CLASSES: dict[str, str] = {
+    "mTLS": "yoi-transport-tls",
+    "TLS": "yoi-transport-tls",
+    "http (loopback)": "yoi-transport-loopback",
+}
+INSECURE_LABEL = "INSECURE http"
+
+
 @admin.register(Runtime)
 class RuntimeAdmin(admin.ModelAdmin):
     """Runtimes with their cached health; the cache fields are read-only, the token value never shown."""
@@ -66,6 +101,7 @@ class RuntimeAdmin(admin.ModelAdmin):
         "last_seen_at",
         "checked_at",
         "capabilities_summary",
+        "transport_badge",
         "enabled",
     )
     list_display_links = ("runtime_id",)
@@ -75,20 +111,43 @@ class RuntimeAdmin(admin.ModelAdmin):
     ordering = ("runtime_id",)
     filter_horizontal = ("groups",)
     actions = ("probe_now",)
-    readonly_fields = (*STATUS_CACHE_FIELDS, "created_at", "updated_at", *OPERATOR_FIELDS)
+    readonly_fields = (
+        "status_badge",
+        *STATUS_CACHE_FIELDS,
+        "status_message",
+        "transport_badge",
+        "created_at",
+        "updated_at",
+        *OPERATOR_FIELDS,
+    )
     fieldsets = (
         (None, {"fields": ("runtime_id", "display_name", "kind", "enabled")}),
         (
             "Connection",
             {
-                "fields": ("base_url", "token_ref", "connect_timeout", "read_timeout"),
-                "description": "token_ref says where the bearer token lives (env:NAME or file:/absolute/path). "
-                "The token itself is never stored or shown.",
+                "fields": (
+                    "base_url",
+                    "token_ref",
+                    "connect_timeout",
+                    "read_timeout",
+                    "tls_ca_file",
+                    "tls_client_cert_file",
+                    "tls_client_key_ref",
+                    "allow_insecure_http",
+                    "transport_badge",
+                ),
+                "description": "token_ref and tls_client_key_ref say where a secret lives: env:NAME (NAME "
+                "starting with YOI_TOKEN_ENV_PREFIX) or file:/path inside YOI_SECRETS_DIR. Secrets are never "
+                "stored or shown. Changing these fields (and kind) needs the permission "
+                "'Can change where a runtime is reached and with which credential'.",
             },
         ),
         ("Access", {"fields": ("groups",)}),
         ("Limits", {"fields": ("max_in_flight",)}),
-        ("Status (maintained by probes)", {"fields": (*STATUS_CACHE_FIELDS, "created_at", "updated_at")}),
+        (
+            "Status (maintained by probes)",
+            {"fields": ("status_badge", "status_message", *STATUS_CACHE_FIELDS, "created_at", "updated_at")},
+        ),
         (
             "Operator view",
             {
@@ -139,14 +198,53 @@ class RuntimeAdmin(admin.ModelAdmin):
         ]
         return _table(("time", "user", "action", "worker", "outcome", "latency"), rows)
 
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        """A new row says where a runtime is reached and with which credential: the connection permission too."""
+        return super().has_add_permission(request) and request.user.has_perm(CONNECTION_PERMISSION)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Runtime | None = None) -> tuple[str, ...]:
+        """Where a runtime is reached and with which credential is read-only without the connection permission."""
+        fields = tuple(super().get_readonly_fields(request, obj))
+        if request.user.has_perm(CONNECTION_PERMISSION):
+            return fields
+        return (*fields, *AIMING_FIELDS)
+
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: Runtime) -> SafeString:
         """The cached status as a coloured badge, with the error code when there is one."""
         label = obj.get_status_display()
         if obj.status_error_code:
-            label = f"{label} ({obj.status_error_code})"
+            detail = (
+                f"{obj.status_error_code}: {obj.status_reason}" if obj.status_reason else obj.status_error_code
+            )
+            label = f"{label} ({detail})"
         # Colours in runtimes/admin.css: the admin runs under the CSP, which allows no inline style.
-        return format_html('<span class="yoi-status yoi-status-{}">{}</span>', obj.status, label)
+        return format_html(
+            '<span class="yoi-status yoi-status-{}" title="{}">{}</span>',
+            obj.status,
+            REASON_MESSAGES.get(obj.status_reason, ""),
+            label,
+        )
+
+    @admin.display(description="status message")
+    def status_message(self, obj: Runtime) -> str:
+        """What the last failure's reason means, for an operator."""
+        return REASON_MESSAGES.get(obj.status_reason, "—")
+
+    @admin.display(description="transport")
+    def transport_badge(self, obj: Runtime) -> SafeString | str:
+        """How the remote hop is protected; plain http to a remote host is a warning."""
+        if obj.kind != Runtime.Kind.REMOTE or not obj.base_url:
+            return "—"
+        if insecure_http(obj.base_url):
+            label, css = INSECURE_LABEL, "yoi-transport-insecure"
+        elif obj.base_url.lower().startswith("https:"):
+            label = "mTLS" if obj.tls_client_cert_file else "TLS"
+            css = TRANSPORT_CLASSES[label]
+        else:
+            label = "http (loopback)"
+            css = TRANSPORT_CLASSES[label]
+        return format_html('<span class="yoi-transport {}">{}</span>', css, label)
 
     @admin.display(description="capabilities")
     def capabilities_summary(self, obj: Runtime) -> str:
@@ -181,6 +279,8 @@ class RuntimeAdmin(admin.ModelAdmin):
                 f" ({result.error_code})" if result.error_code else ""
             )
             text += f" in {result.latency_ms:.1f} ms"
+            if result.reason:
+                text += f": {REASON_MESSAGES.get(result.reason, result.reason)}"
             level = messages.SUCCESS if result.state == Runtime.Status.ONLINE else messages.WARNING
             self.message_user(request, text, level=level)
 

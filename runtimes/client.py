@@ -2,8 +2,10 @@
 
 This is the only module that imports ``requests`` and ``sseclient``. It owns the path constants, the bearer
 header, one pooled session per runtime, explicit ``(connect, read)`` timeouts, redirects off, a response
-size cap with a total deadline, and ``_map_failure``: the one place a transport failure or an unwanted
-status becomes a typed error of ``runtimes.errors``. Exception text is never used (it contains the URL).
+size cap with a total deadline, TLS (the row's ``SSLContext``: the CA it trusts, the mTLS pair; see
+runtimes/tls.py), and ``_map_failure``: the one place a transport failure or an unwanted status becomes a
+typed error of ``runtimes.errors``. Exception text is never used (it contains the URL). A certificate that
+does not verify fails the handshake, before any request (and so any token) is sent.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import logging
 import re
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -21,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import requests
 import sseclient
@@ -43,8 +46,8 @@ from runtimes.errors import (
     RuntimeUnsupported,
     WorkerNotFound,
     YoiError,
-    scrub,
 )
+from runtimes.scrub import MAX_UPSTREAM_MESSAGE, Scrubber
 from runtimes.types import ID_PATTERN, is_valid_id
 
 logger = logging.getLogger(__name__)
@@ -112,6 +115,24 @@ class SseMessage:
     data: dict[str, Any]
 
 
+class _TlsAdapter(HTTPAdapter):
+    """An adapter whose connections use one ``SSLContext``, the only source of trust: requests would
+    otherwise add its own CA bundle to every context (``cert_verify``)."""
+
+    def __init__(self, *, ssl_context: ssl.SSLContext, **kwargs: Any) -> None:
+        self._ssl_context = ssl_context
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
+        pool_kwargs["ssl_context"] = self._ssl_context
+        super().init_poolmanager(connections, maxsize, block=block, **pool_kwargs)
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        conn.cert_reqs = "CERT_REQUIRED"
+        conn.ca_certs = None
+        conn.ca_cert_dir = None
+
+
 class RemoteRuntimeClient:
     """HTTP client of one remote runtime; thread-safe, one pooled session, every failure typed."""
 
@@ -127,6 +148,8 @@ class RemoteRuntimeClient:
         stream_idle_timeout: float = DEFAULT_STREAM_IDLE_TIMEOUT,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         pool_maxsize: int = POOL_MAXSIZE,
+        ssl_context: ssl.SSLContext | None = None,
+        scrubber: Scrubber | None = None,
     ) -> None:
         if connect_timeout <= 0 or read_timeout <= 0 or stream_idle_timeout <= 0:
             raise ValueError("timeouts must be positive")
@@ -140,10 +163,15 @@ class RemoteRuntimeClient:
         self.max_body_bytes = int(max_body_bytes)
         self.stream_idle_timeout = float(stream_idle_timeout)
         self.max_event_bytes = int(max_event_bytes)
-        self._session = self._make_session(pool_maxsize)
+        # The scrub of everything this runtime says (its own address, known secrets, paths, tracebacks).
+        self.scrubber = scrubber or Scrubber(base_url=base_url)
+        self._https = self._base_url.lower().startswith("https:")
+        if ssl_context is None and self._https:
+            ssl_context = ssl.create_default_context()  # the system store
+        self._session = self._make_session(pool_maxsize, ssl_context)
 
     @staticmethod
-    def _make_session(pool_maxsize: int) -> requests.Session:
+    def _make_session(pool_maxsize: int, ssl_context: ssl.SSLContext | None) -> requests.Session:
         session = requests.Session()
         # No proxies or .netrc from the environment (netrc would replace our Authorization header).
         session.trust_env = False
@@ -153,9 +181,10 @@ class RemoteRuntimeClient:
         # No transport retries: a POST must never be sent twice behind the caller's back.
         # read=False re-raises read errors as they are (a ReadTimeout stays a timeout, not a ConnectionError).
         retries = Retry(total=0, read=False, redirect=False, raise_on_status=False)
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_maxsize, max_retries=retries)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
+        pool: dict[str, Any] = {"pool_connections": 1, "pool_maxsize": pool_maxsize, "max_retries": retries}
+        session.mount("http://", HTTPAdapter(**pool))
+        if ssl_context is not None:
+            session.mount("https://", _TlsAdapter(ssl_context=ssl_context, **pool))
         return session
 
     def __repr__(self) -> str:
@@ -228,7 +257,7 @@ class RemoteRuntimeClient:
                 stream=True,
             )
         except Exception as exc:
-            raise self._map_failure(exc=exc, worker_id=worker_id) from exc
+            raise self._map_failure(exc=exc, worker_id=worker_id, before_response=True) from exc
 
     def open_event_stream(self, worker_id: str, *, after: int | None) -> ClientEventStream:
         """Open the SSE stream of one worker; ``after`` is the last seq seen (``0`` = from the first event).
@@ -290,6 +319,7 @@ class RemoteRuntimeClient:
                 },
             )
             raise CredentialUnavailable(runtime_id=self.runtime_id)
+        self.scrubber.secrets.add(token)  # whatever the runtime echoes back, the token never shows
         return {
             "Authorization": f"Bearer {token}",
             "Accept": accept,
@@ -343,17 +373,6 @@ class RemoteRuntimeClient:
             raise RuntimeBadResponse(runtime_id=self.runtime_id, worker_id=worker_id)
         return parsed
 
-    def _redact_secrets(self, text: str) -> str:
-        """Upstream text without this runtime's address or the Backend's token: a runtime may echo them back."""
-        parts = urlsplit(self._base_url)
-        secrets = [parts.netloc, parts.hostname or ""]
-        with contextlib.suppress(Exception):
-            secrets.append(self._token_provider())  # resolved moments ago for the request that failed
-        for secret in secrets:
-            if isinstance(secret, str) and len(secret) >= 3:
-                text = re.sub(re.escape(secret), "<redacted>", text, flags=re.IGNORECASE)
-        return text
-
     def _log_bad_response(self, reason: str, worker_id: str | None) -> None:
         logger.warning(
             "runtimes.client.bad_response",
@@ -372,22 +391,34 @@ class RemoteRuntimeClient:
         status: int | None = None,
         body: bytes = b"",
         worker_id: str | None = None,
+        before_response: bool = False,
     ) -> YoiError:
-        """THE mapping of a transport exception or a non-2xx status to a typed error (DESIGN §5).
+        """THE mapping of a transport exception or a non-2xx status to a typed error (docs/api.md).
 
-        Never reads ``str(exc)``: requests puts the URL in it.
+        Never reads ``str(exc)``: requests puts the URL in it. ``before_response``: the failure came before
+        any byte of an answer (so an https connection closed then is a refused TLS session, see below).
         """
         ids: dict[str, Any] = {"runtime_id": self.runtime_id, "worker_id": worker_id}
         if exc is not None:
             if isinstance(exc, YoiError):
                 return exc
-            error = _error_for_exception(exc, ids)
+            # Under TLS 1.3 a runtime that refuses the Backend's client certificate (or gets none) does so
+            # after the handshake has completed on the Backend's side: the connection just closes, unanswered.
+            tls = _is_tls_failure(exc) or (before_response and self._https and _closed_unanswered(exc))
+            # A certificate that does not verify, a wrong host name, a refused client certificate.
+            error = RuntimeUnreachable(reason="tls", **ids) if tls else _error_for_exception(exc, ids)
             logger.warning(
-                "runtimes.client.transport_error", extra={**ids, "code": error.code, "reason": type(exc).__name__}
+                "runtimes.client.transport_error",
+                extra={
+                    **ids,
+                    "code": error.code,
+                    "reason": "tls" if tls else type(exc).__name__,
+                    "error_class": type(exc).__name__,
+                },
             )
             return error
         assert status is not None
-        upstream_code, message = _error_fields(body, redact=self._redact_secrets)
+        upstream_code, message = _error_fields(body, scrubber=self.scrubber)
         error = _error_for_status(status, upstream_code, message, ids)
         # A refusal (worker_not_found, worker_not_running) is the runtime doing its job; a 401 or a 5xx is not.
         level = logging.WARNING if isinstance(error, TRANSPORT_FAILURES) else logging.INFO
@@ -452,6 +483,32 @@ def _set_read_timeout(response: requests.Response, timeout: float) -> None:
             sock.settimeout(timeout)
 
 
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and everything it wraps (``args``, ``reason``, cause, context), each once."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        linked = [*current.args, getattr(current, "reason", None), current.__cause__, current.__context__]
+        stack.extend(item for item in linked if isinstance(item, BaseException))
+
+
+def _is_tls_failure(exc: BaseException) -> bool:
+    """A handshake or certificate failure, however requests/urllib3 wrapped it."""
+    tls_errors = (ssl.SSLError, urllib3.exceptions.SSLError, requests.exceptions.SSLError)
+    return any(isinstance(link, tls_errors) for link in _causes(exc))
+
+
+def _closed_unanswered(exc: BaseException) -> bool:
+    """The peer closed or reset the connection without sending a response."""
+    closed = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+    return any(isinstance(link, closed) for link in _causes(exc))
+
+
 def _is_timeout(exc: BaseException) -> bool:
     """A connect or read timeout, however requests/urllib3 wrapped it."""
     if isinstance(exc, requests.exceptions.Timeout):  # ConnectTimeout and ReadTimeout
@@ -467,11 +524,11 @@ def _is_timeout(exc: BaseException) -> bool:
     return isinstance(reason, urllib3.exceptions.TimeoutError | TimeoutError)
 
 
-def _error_fields(body: bytes, *, redact: Callable[[str], str]) -> tuple[str | None, str]:
+def _error_fields(body: bytes, *, scrubber: Scrubber) -> tuple[str | None, str]:
     """``(code, message)`` of a protocol error body ``{"error": {"code", "message"}}``; lenient.
 
-    Both are upstream text: ``redact`` removes known secrets before ``scrub`` cuts to length (so no secret
-    survives in part), and ``scrub`` removes URLs and paths.
+    Both are upstream text and go through the runtime's scrub, which removes secrets and addresses before it
+    cuts to length (so no secret survives in part).
     """
     try:
         parsed = json.loads(body) if body else None
@@ -482,8 +539,9 @@ def _error_fields(body: bytes, *, redact: Callable[[str], str]) -> tuple[str | N
         return None, ""
     code = error.get("code")
     message = error.get("message")
-    code = scrub(redact(code)) if isinstance(code, str) else None
-    return (code or None), (scrub(redact(message)) if isinstance(message, str) else "")
+    code = scrubber.text(code, limit=MAX_UPSTREAM_MESSAGE) if isinstance(code, str) else None
+    text = scrubber.text(message, limit=MAX_UPSTREAM_MESSAGE) if isinstance(message, str) else ""
+    return (code or None), text
 
 
 class _ChunkSource:

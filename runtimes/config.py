@@ -1,12 +1,14 @@
 """Parse and validate the runtimes config file (DESIGN §7): TOML, one ``[[runtime]]`` table per runtime.
 
 Everything is validated before anything is applied. Problems raise ``RuntimeConfigError`` naming the entry
-(index and runtime_id), the key and the line; messages never echo a URL or token_ref value.
+(index and runtime_id), the key and the line; messages never echo a URL, a path or a ref's value. The rules
+of a remote runtime's connection (``remote_connection_problems``) are shared with the admin form.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -16,8 +18,9 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 from runtimes.bulkhead import DEFAULT_MAX_IN_FLIGHT
-from runtimes.secrets import validate_token_ref
+from runtimes.secrets import SecretPolicy, validate_secret_ref
 from runtimes.types import ID_PATTERN, RuntimeKind, is_valid_id
+from worker_runtime.net import is_loopback
 
 RUNTIME_KINDS: tuple[RuntimeKind, ...] = ("embedded", "remote")
 DEFAULT_CONNECT_TIMEOUT = 2.0
@@ -26,6 +29,10 @@ MAX_TIMEOUT = 300.0
 MAX_BASE_URL_LENGTH = 500
 MAX_DISPLAY_NAME_LENGTH = 200
 MAX_MAX_IN_FLIGHT = 10_000
+MAX_PATH_LENGTH = 500
+TLS_KEYS: tuple[str, ...] = ("tls_ca_file", "tls_client_cert_file", "tls_client_key_ref")
+# The keys that say where a remote runtime is and with which credential (the connection permission's).
+REMOTE_CONNECTION_KEYS: tuple[str, ...] = ("base_url", "token_ref", *TLS_KEYS, "allow_insecure_http")
 
 _TABLE_HEADER_RE = re.compile(r"^\s*\[")
 _RUNTIME_HEADER_RE = re.compile(r"^\s*\[\[\s*(?:runtime|\"runtime\"|'runtime')\s*\]\]")
@@ -52,6 +59,10 @@ class RuntimeEntry:
     read_timeout: float = DEFAULT_READ_TIMEOUT
     enabled: bool = True
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    tls_ca_file: str = ""
+    tls_client_cert_file: str = ""
+    tls_client_key_ref: str = ""
+    allow_insecure_http: bool = False
 
     def __repr__(self) -> str:
         return (
@@ -91,6 +102,90 @@ def validate_base_url(value: object) -> None:
         raise ValueError("base_url has an invalid port")
     if parts.query or parts.fragment or value.endswith(("?", "#")):
         raise ValueError("base_url must not have a query string or fragment")
+
+
+def insecure_http(base_url: str) -> bool:
+    """True when ``base_url`` is plain http:// to a host that is not loopback (the token would cross a
+    network in cleartext)."""
+    try:
+        parts = urlsplit(base_url)
+    except ValueError:
+        return False
+    return parts.scheme.lower() == "http" and not is_loopback(parts.hostname or "")
+
+
+def validate_file_path(value: object, *, key: str) -> None:
+    """Raise ``ValueError`` (without echoing it) unless ``value`` is an absolute path."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{key} must be an absolute path")
+    if len(value) > MAX_PATH_LENGTH:
+        raise ValueError(f"{key} must be at most {MAX_PATH_LENGTH} characters")
+    if not os.path.isabs(value) or value.strip() != value or any(not ch.isprintable() for ch in value):
+        raise ValueError(f"{key} must be an absolute path")
+
+
+def remote_connection_problems(values: Mapping[str, Any], *, policy: SecretPolicy) -> list[tuple[str, str]]:
+    """Every ``(key, message)`` wrong with a remote runtime's connection settings; ``[]`` when they may be
+    used. ``values`` holds the keys of REMOTE_CONNECTION_KEYS (missing ones are empty)."""
+    problems: list[tuple[str, str]] = []
+    base_url = values.get("base_url") or ""
+    base_url_ok = False
+    if not base_url:
+        problems.append(("base_url", "base_url is required for a remote runtime"))
+    else:
+        try:
+            validate_base_url(base_url)
+            base_url_ok = True
+        except ValueError as exc:
+            problems.append(("base_url", str(exc)))
+    token_ref = values.get("token_ref") or ""
+    if not token_ref:
+        problems.append(("token_ref", "token_ref is required for a remote runtime"))
+    else:
+        try:
+            validate_secret_ref(token_ref, key="token_ref", policy=policy)
+        except ValueError as exc:
+            problems.append(("token_ref", str(exc)))
+    allow_insecure = values.get("allow_insecure_http", False)
+    if not isinstance(allow_insecure, bool):
+        problems.append(("allow_insecure_http", "allow_insecure_http must be true or false"))
+        allow_insecure = False
+    if base_url_ok and insecure_http(base_url) and not allow_insecure:
+        problems.append(
+            (
+                "base_url",
+                "http:// to a host that is not loopback sends the token in cleartext: "
+                "use https://, or set allow_insecure_http = true",
+            )
+        )
+    for key in ("tls_ca_file", "tls_client_cert_file"):
+        if values.get(key):
+            try:
+                validate_file_path(values[key], key=key)
+            except ValueError as exc:
+                problems.append((key, str(exc)))
+    key_ref = values.get("tls_client_key_ref") or ""
+    if key_ref:
+        try:
+            validate_secret_ref(key_ref, key="tls_client_key_ref", policy=policy)
+        except ValueError as exc:
+            problems.append(("tls_client_key_ref", str(exc)))
+    if bool(values.get("tls_client_cert_file")) != bool(key_ref):
+        missing = "tls_client_key_ref" if not key_ref else "tls_client_cert_file"
+        problems.append((missing, "tls_client_cert_file and tls_client_key_ref go together (mTLS)"))
+    if base_url_ok and any(values.get(key) for key in TLS_KEYS) and not base_url.lower().startswith("https:"):
+        key = next(key for key in TLS_KEYS if values.get(key))
+        problems.append((key, "TLS settings need an https:// base_url"))
+    return problems
+
+
+def embedded_connection_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What an embedded runtime may not have: any remote connection key set."""
+    return [
+        (key, f"{key} is not allowed for an embedded runtime")
+        for key in REMOTE_CONNECTION_KEYS
+        if values.get(key) not in (None, "", False)
+    ]
 
 
 def validate_timeout(value: object, *, key: str) -> float:
@@ -176,7 +271,9 @@ class _Problem:
         self.problems.append(f"{_describe(index, runtime_id, line)}: {key_part}{message}")
 
 
-def _validate_entry(index: int, raw: Mapping[str, Any], problem: _Problem) -> RuntimeEntry | None:
+def _validate_entry(
+    index: int, raw: Mapping[str, Any], problem: _Problem, policy: SecretPolicy
+) -> RuntimeEntry | None:
     """Validate one entry, reporting each bad key through ``problem``; None when anything is wrong."""
     ok = True
 
@@ -212,16 +309,21 @@ def _validate_entry(index: int, raw: Mapping[str, Any], problem: _Problem) -> Ru
     elif kind not in RUNTIME_KINDS:
         fail("kind", "kind must be 'embedded' or 'remote'")
 
-    base_url = raw.get("base_url", "")
-    token_ref = raw.get("token_ref", "")
+    connection = {key: raw[key] for key in REMOTE_CONNECTION_KEYS if key in raw}
+    text_keys = ("base_url", "token_ref", *TLS_KEYS)
+    mistyped = {key for key in text_keys if not isinstance(connection.get(key, ""), str)}
+    for key in sorted(mistyped):
+        fail(key, f"{key} must be a string")
     if kind == "remote":
-        required("base_url", validate_base_url, "base_url is required for a remote runtime")
-        required("token_ref", validate_token_ref, "token_ref is required for a remote runtime")
+        problems = remote_connection_problems(connection, policy=policy)
     elif kind == "embedded":
-        # An empty string is tolerated (templated files); anything else would be silently ignored.
-        for key in ("base_url", "token_ref"):
-            if raw.get(key, "") != "":
-                fail(key, f"{key} is not allowed for an embedded runtime")
+        # An empty string (or false) is tolerated (templated files); anything else would be silently ignored.
+        problems = embedded_connection_problems(connection)
+    else:
+        problems = []
+    for key, message in problems:
+        if key not in mistyped:
+            fail(key, message)
 
     timeouts: dict[str, float] = {}
     for key, default in (("connect_timeout", DEFAULT_CONNECT_TIMEOUT), ("read_timeout", DEFAULT_READ_TIMEOUT)):
@@ -242,21 +344,30 @@ def _validate_entry(index: int, raw: Mapping[str, Any], problem: _Problem) -> Ru
 
     if not ok:
         return None
+    remote = kind == "remote"
     return RuntimeEntry(
         runtime_id=cast(str, runtime_id),
         display_name=cast(str, display_name).strip(),
         kind=cast(RuntimeKind, kind),
-        base_url=cast(str, base_url) if kind == "remote" else "",
-        token_ref=cast(str, token_ref) if kind == "remote" else "",
+        base_url=connection.get("base_url", "") if remote else "",
+        token_ref=connection.get("token_ref", "") if remote else "",
         connect_timeout=timeouts["connect_timeout"],
         read_timeout=timeouts["read_timeout"],
         enabled=cast(bool, enabled),
         max_in_flight=cast(int, max_in_flight),
+        tls_ca_file=connection.get("tls_ca_file", "") if remote else "",
+        tls_client_cert_file=connection.get("tls_client_cert_file", "") if remote else "",
+        tls_client_key_ref=connection.get("tls_client_key_ref", "") if remote else "",
+        allow_insecure_http=bool(connection.get("allow_insecure_http", False)) if remote else False,
     )
 
 
-def parse_runtime_config(text: str) -> list[RuntimeEntry]:
-    """Validate a runtimes config document and return its entries in file order."""
+def parse_runtime_config(text: str, *, policy: SecretPolicy | None = None) -> list[RuntimeEntry]:
+    """Validate a runtimes config document and return its entries in file order.
+
+    ``policy`` says where secret refs may point (default: the running Backend's settings).
+    """
+    policy = policy or SecretPolicy.from_settings()
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -276,7 +387,7 @@ def parse_runtime_config(text: str) -> list[RuntimeEntry]:
             problem(index, None, "each runtime entry must be a table")
             entries.append(None)
             continue
-        entries.append(_validate_entry(index, raw, problem))
+        entries.append(_validate_entry(index, raw, problem, policy))
 
     first_seen: dict[str, int] = {}
     for index, raw in enumerate(raw_entries):
@@ -295,7 +406,7 @@ def parse_runtime_config(text: str) -> list[RuntimeEntry]:
     return [entry for entry in entries if entry is not None]
 
 
-def load_runtime_config(path: Path) -> list[RuntimeEntry]:
+def load_runtime_config(path: Path, *, policy: SecretPolicy | None = None) -> list[RuntimeEntry]:
     """Read and validate the runtimes config file at ``path``."""
     try:
         raw = path.read_bytes()
@@ -305,4 +416,4 @@ def load_runtime_config(path: Path) -> list[RuntimeEntry]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise RuntimeConfigError(["the runtimes config file is not valid UTF-8"]) from None
-    return parse_runtime_config(text)
+    return parse_runtime_config(text, policy=policy)

@@ -1,27 +1,17 @@
 """The closed error vocabulary of the Backend (DESIGN §5).
 
 Every failure that reaches a browser is one of these. Messages are fixed texts naming only ids; an
-upstream message passes only through ``scrub`` (no URLs, no paths, bounded length).
+upstream message passes only through ``scrub`` (runtimes/scrub.py: no URLs, hosts, paths, tracebacks or
+secrets, bounded length). A ``reason`` (``tls``, or the row key at fault) is for logs and the runtime's
+status, never part of the browser envelope.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any, ClassVar
 
-_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
-_PATH_RE = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][\w.~-]+){2,}[\\/]?|~[\\/]\S*")
-MAX_UPSTREAM_MESSAGE = 200
-
-
-def scrub(text: object) -> str:
-    """An upstream message made safe to show: URLs and filesystem paths replaced, length capped."""
-    if not isinstance(text, str):
-        return ""
-    text = _URL_RE.sub("<url>", text)
-    text = _PATH_RE.sub("<path>", text)
-    text = "".join(ch if ch.isprintable() else " " for ch in text).strip()
-    return text[:MAX_UPSTREAM_MESSAGE]
+from runtimes.scrub import MAX_UPSTREAM_MESSAGE as MAX_UPSTREAM_MESSAGE
+from runtimes.scrub import scrub as scrub
 
 
 class YoiError(Exception):
@@ -39,10 +29,12 @@ class YoiError(Exception):
         worker_id: str | None = None,
         message: str | None = None,
         fields: dict[str, list[str]] | None = None,
+        reason: str | None = None,
     ) -> None:
         self.runtime_id = runtime_id
         self.worker_id = worker_id
         self.fields = fields
+        self.reason = reason
         self.message = message or self.template.format(runtime_id=runtime_id, worker_id=worker_id)
         super().__init__(self.message)
 
@@ -168,6 +160,14 @@ class RuntimeBadResponse(YoiError):
 class StoreNotOwned(RuntimeUnreachable):
     """An embedded runtime's store is held by another process (the one that serves it): unreachable from
     here, which says nothing about the runtime."""
+
+
+class RuntimeMisconfigured(YoiError):
+    """The Backend's own settings for the runtime cannot be used (a refused secret ref, an unusable CA,
+    certificate or key file, plain http to a remote host): nothing is sent. ``reason`` names the key."""
+
+    code, status = "runtime_misconfigured", 503
+    template = "runtime {runtime_id} is misconfigured in the Backend; an operator must fix its settings"
 
 
 class RuntimeDisabled(YoiError):

@@ -31,6 +31,7 @@ from runtimes.errors import (
     RuntimeBusy,
     RuntimeCircuitOpen,
     RuntimeDisabled,
+    RuntimeMisconfigured,
     RuntimeNotFound,
     RuntimeRejected,
     RuntimeTimeout,
@@ -47,6 +48,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 # Errors that are the runtime's own answer: it is up, whatever it said.
 ANSWERED_ERRORS: tuple[type[YoiError], ...] = (WorkerNotFound, RuntimeRejected, RuntimeUnsupported)
+# Failures written to the row at once: the runtime's own, and settings of ours that cannot be used.
+RECORDED_FAILURES: tuple[type[YoiError], ...] = (*TRANSPORT_FAILURES, RuntimeMisconfigured)
 MAX_PARALLEL_PROBES = 16
 # A success refreshes last_seen_at on the row at most this often (keeps DB writes off the hot path).
 LAST_SEEN_WRITE_INTERVAL = timedelta(seconds=10)
@@ -65,6 +68,7 @@ class ProbeResult:
     state: str  # online | offline | unauthorized | error | disabled | not_found | busy | local_failure
     error_code: str
     latency_ms: float
+    reason: str = ""  # "tls", or the setting at fault, when the failure says
 
     @property
     def local(self) -> bool:
@@ -73,8 +77,8 @@ class ProbeResult:
 
 
 def status_for_error(error: YoiError) -> str:
-    """The row status a failed probe leaves."""
-    if isinstance(error, RuntimeUnreachable | RuntimeTimeout):
+    """The row status a failed probe leaves (a peer that fails TLS verification is not down: ``error``)."""
+    if isinstance(error, RuntimeUnreachable | RuntimeTimeout) and error.reason != "tls":
         return "offline"
     if isinstance(error, RuntimeAuthFailed):
         return "unauthorized"
@@ -118,14 +122,21 @@ def _record_probe(
         _record_failure(runtime_id=runtime_id, error=outcome)
         logger.info(
             "runtimes.probe.failed",
-            extra={"runtime_id": runtime_id, "code": outcome.code, "latency_ms": round(latency_ms, 1)},
+            extra={
+                "runtime_id": runtime_id,
+                "code": outcome.code,
+                "reason": outcome.reason,
+                "latency_ms": round(latency_ms, 1),
+            },
         )
-        result = ProbeResult(runtime_id, status_for_error(outcome), outcome.code, latency_ms)
+        state = status_for_error(outcome)
+        result = ProbeResult(runtime_id, state, outcome.code, latency_ms, outcome.reason or "")
     else:
         now = timezone.now()
         Runtime.objects.filter(runtime_id=runtime_id).update(
             status="online",
             status_error_code="",
+            status_reason="",
             capabilities=outcome.capabilities.to_json(),
             checked_at=now,
             last_seen_at=now,
@@ -184,7 +195,7 @@ def runtime_call(runtime_id: str, operation: Callable[[RuntimeHandle], T]) -> T:
         result = registry.call(runtime_id, operation)
     except LOCAL_FAILURES:
         raise  # this process's own setup failed: nothing to write about the runtime
-    except TRANSPORT_FAILURES as error:
+    except RECORDED_FAILURES as error:
         registry.forget_online_mark(runtime_id)
         _record_failure(runtime_id=runtime_id, error=error)
         raise
@@ -205,7 +216,12 @@ def _record_success(*, runtime_id: str) -> None:
 
     now = timezone.now()
     Runtime.objects.filter(runtime_id=runtime_id).update(
-        status="online", status_error_code="", last_seen_at=now, checked_at=now, consecutive_failures=0
+        status="online",
+        status_error_code="",
+        status_reason="",
+        last_seen_at=now,
+        checked_at=now,
+        consecutive_failures=0,
     )
 
 
@@ -215,6 +231,7 @@ def _record_failure(*, runtime_id: str, error: YoiError) -> None:
     Runtime.objects.filter(runtime_id=runtime_id).update(
         status=status_for_error(error),
         status_error_code=error.code,
+        status_reason=(error.reason or "")[:64],
         checked_at=timezone.now(),
         consecutive_failures=F("consecutive_failures") + 1,
     )

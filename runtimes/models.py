@@ -2,27 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from typing import Any
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
 
-from runtimes.config import MAX_TIMEOUT, validate_base_url, validate_max_in_flight, validate_timeout
-from runtimes.secrets import validate_token_ref
+from runtimes.config import (
+    MAX_TIMEOUT,
+    REMOTE_CONNECTION_KEYS,
+    embedded_connection_problems,
+    remote_connection_problems,
+    validate_max_in_flight,
+    validate_timeout,
+)
+from runtimes.secrets import SecretPolicy
 
 runtime_id_validator = RegexValidator(
     regex=r"^[A-Za-z0-9_:-]{1,120}\Z", message="runtime_id must match [A-Za-z0-9_:-]{1,120}"
 )
 
+# Fields that say where a runtime is reached and with which credential: changing them needs the permission
+# runtimes.change_runtime_connection (the admin shows them read-only without it).
+AIMING_FIELDS: tuple[str, ...] = ("kind", *REMOTE_CONNECTION_KEYS)
 # Fields that decide which upstream a row points at; changing any of them invalidates the status cache.
-CONNECTION_FIELDS: frozenset[str] = frozenset(
-    {"kind", "base_url", "token_ref", "connect_timeout", "read_timeout", "enabled"}
-)
+CONNECTION_FIELDS: frozenset[str] = frozenset({*AIMING_FIELDS, "connect_timeout", "read_timeout", "enabled"})
 # The probe-maintained cache; operators read it, nothing but the health code writes it.
 STATUS_CACHE_FIELDS: tuple[str, ...] = (
     "capabilities",
     "status",
     "status_error_code",
+    "status_reason",
     "last_seen_at",
     "checked_at",
     "consecutive_failures",
@@ -85,6 +97,9 @@ class Runtime(models.Model):
     capabilities = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.CONFIGURED)
     status_error_code = models.CharField(max_length=64, blank=True)
+    status_reason = models.CharField(
+        max_length=64, blank=True, help_text='Why, when it says: "tls", or the setting at fault (e.g. token_ref).'
+    )
     last_seen_at = models.DateTimeField(null=True, blank=True)
     checked_at = models.DateTimeField(null=True, blank=True)
     consecutive_failures = models.PositiveIntegerField(default=0)
@@ -106,32 +121,26 @@ class Runtime(models.Model):
     def __repr__(self) -> str:
         return f"<Runtime runtime_id={self.runtime_id!r}>"
 
-    def clean(self) -> None:
-        """Kind-dependent checks: remote needs an http(s) base_url and a token ref; embedded has neither."""
-        errors: dict[str, list[str]] = {}
+    def clean_fields(self, exclude: Collection[str] | None = None) -> None:
+        """Field checks, plus the connection rules of the config file (runtimes/config.py) for the fields
+        being validated: a form that shows a field read-only excludes it, and its stored value stands."""
+        errors: dict[str, list[Any]] = {}
+        try:
+            super().clean_fields(exclude=exclude)
+        except ValidationError as exc:
+            errors = exc.update_error_dict(errors)
+        skipped = set(exclude or ())
+        values = {key: getattr(self, key) for key in REMOTE_CONNECTION_KEYS}
         if self.kind == self.Kind.REMOTE:
-            if not self.base_url:
-                errors.setdefault("base_url", []).append("A remote runtime needs a base URL.")
-            else:
-                try:
-                    validate_base_url(self.base_url)
-                except ValueError as exc:
-                    errors.setdefault("base_url", []).append(str(exc))
-            if not self.token_ref:
-                errors.setdefault("token_ref", []).append("A remote runtime needs a token ref.")
-            else:
-                try:
-                    validate_token_ref(self.token_ref)
-                except ValueError as exc:
-                    errors.setdefault("token_ref", []).append(str(exc))
-        elif self.kind == self.Kind.EMBEDDED:
-            if self.base_url:
-                errors.setdefault("base_url", []).append("An embedded runtime has no base URL.")
-            if self.token_ref:
-                errors.setdefault("token_ref", []).append("An embedded runtime has no token ref.")
+            problems = remote_connection_problems(values, policy=SecretPolicy.from_settings())
+        else:
+            problems = embedded_connection_problems(values)
+        for key, message in problems:
+            if key not in skipped and key not in errors:
+                errors.setdefault(key, []).append(message)
         for key in ("connect_timeout", "read_timeout"):
             value = getattr(self, key)
-            if value is None:
+            if value is None or key in skipped or key in errors:
                 continue
             try:
                 validate_timeout(value, key=key)
@@ -150,6 +159,7 @@ class Runtime(models.Model):
         self.capabilities = {}
         self.status = self.Status.CONFIGURED
         self.status_error_code = ""
+        self.status_reason = ""
         self.last_seen_at = None
         self.checked_at = None
         self.consecutive_failures = 0

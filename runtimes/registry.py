@@ -2,7 +2,9 @@
 
 Rows are read in one query and cached for ``YOI_REGISTRY_REFRESH_SECONDS``, so a change made by the admin
 or ``sync_runtimes`` reaches every running process within seconds; a handle is rebuilt when its row's
-connection fields change, and a disabled runtime gets no handle at all (no upstream traffic).
+connection fields change, and a disabled runtime gets no handle at all (no upstream traffic). A row whose
+connection settings cannot be used (a refused secret ref, an unusable TLS file, plain http to a remote host)
+gets no handle either: ``RuntimeMisconfigured``, nothing sent, tried again at the next call.
 """
 
 from __future__ import annotations
@@ -19,8 +21,15 @@ from django.conf import settings
 
 from runtimes.breaker import CircuitBreaker
 from runtimes.bulkhead import DEFAULT_MAX_IN_FLIGHT, Bulkhead
-from runtimes.errors import LOCAL_FAILURES, TRANSPORT_FAILURES, RuntimeDisabled, RuntimeNotFound
+from runtimes.errors import (
+    LOCAL_FAILURES,
+    TRANSPORT_FAILURES,
+    RuntimeDisabled,
+    RuntimeMisconfigured,
+    RuntimeNotFound,
+)
 from runtimes.handles.base import RuntimeHandle
+from runtimes.scrub import known_secrets
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,6 +50,10 @@ class RuntimeConnection:
     group_ids: frozenset[int]
     updated_at: datetime | None
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    tls_ca_file: str = ""
+    tls_client_cert_file: str = ""
+    tls_client_key_ref: str = ""
+    allow_insecure_http: bool = False
 
     def __repr__(self) -> str:
         return f"RuntimeConnection(runtime_id={self.runtime_id!r}, kind={self.kind!r}, base_url=<backend-private>)"
@@ -48,7 +61,22 @@ class RuntimeConnection:
     @property
     def fingerprint(self) -> tuple[object, ...]:
         """The fields whose change means the handle must be rebuilt."""
-        return (self.kind, self.base_url, self.token_ref, self.connect_timeout, self.read_timeout)
+        return (
+            self.kind,
+            self.base_url,
+            self.token_ref,
+            self.connect_timeout,
+            self.read_timeout,
+            self.tls_ca_file,
+            self.tls_client_cert_file,
+            self.tls_client_key_ref,
+            self.allow_insecure_http,
+        )
+
+    @property
+    def secret_refs(self) -> tuple[str, ...]:
+        """The refs whose values this runtime's client may send."""
+        return tuple(ref for ref in (self.token_ref, self.tls_client_key_ref) if ref)
 
 
 def load_connections() -> dict[str, RuntimeConnection]:
@@ -71,28 +99,66 @@ def load_connections() -> dict[str, RuntimeConnection]:
             group_ids=frozenset(groups.get(row.pk, ())),
             updated_at=row.updated_at,
             max_in_flight=row.max_in_flight,
+            tls_ca_file=row.tls_ca_file,
+            tls_client_cert_file=row.tls_client_cert_file,
+            tls_client_key_ref=row.tls_client_key_ref,
+            allow_insecure_http=row.allow_insecure_http,
         )
         for row in Runtime.objects.all()
     }
 
 
+def _misconfigured(runtime_id: str, key: str, reason: str) -> RuntimeMisconfigured:
+    # The key and a fixed reason only: never the URL, path or value.
+    logger.warning(
+        "runtimes.registry.misconfigured", extra={"runtime_id": runtime_id, "key": key, "reason": reason}
+    )
+    return RuntimeMisconfigured(runtime_id=runtime_id, reason=key)
+
+
 def build_handle(connection: RuntimeConnection) -> RuntimeHandle:
-    """Make the handle for a row: the embedded core in-process, or a remote client."""
+    """Make the handle for a row: the embedded core in-process, or a remote client.
+
+    A remote row is checked against the connection rules first (the same as where rows are written, since a
+    row may have been written around them): RuntimeMisconfigured, with no client made, when they fail.
+    """
     if connection.kind == "embedded":
         from runtimes.handles.embedded import EmbeddedRuntimeHandle
 
         return EmbeddedRuntimeHandle(connection.runtime_id, data_dir=settings.YOI_DATA_DIR)
     from runtimes.client import RemoteRuntimeClient
+    from runtimes.config import insecure_http
     from runtimes.handles.remote import RemoteRuntimeHandle
-    from runtimes.secrets import resolve_token
+    from runtimes.secrets import SecretPolicy, check_secret_ref, resolve_secret, resolve_token
+    from runtimes.tls import TlsConfigError, client_context
 
     runtime_id, token_ref = connection.runtime_id, connection.token_ref
+    policy = SecretPolicy.from_settings()
+    if insecure_http(connection.base_url) and not connection.allow_insecure_http:
+        raise _misconfigured(runtime_id, "base_url", "insecure_http")
+    check_secret_ref(token_ref, runtime_id=runtime_id, key="token_ref", policy=policy)
+    ssl_context = None
+    if connection.base_url.lower().startswith("https:"):
+        key_pem = None
+        if connection.tls_client_key_ref:
+            key_pem = resolve_secret(
+                connection.tls_client_key_ref, runtime_id=runtime_id, key="tls_client_key_ref", policy=policy
+            )
+        try:
+            ssl_context = client_context(
+                ca_file=connection.tls_ca_file, cert_file=connection.tls_client_cert_file, key_pem=key_pem
+            )
+        except TlsConfigError as exc:
+            raise _misconfigured(runtime_id, exc.key, exc.reason) from None
+    elif connection.tls_ca_file or connection.tls_client_cert_file or connection.tls_client_key_ref:
+        raise _misconfigured(runtime_id, "base_url", "tls_without_https")
     client = RemoteRuntimeClient(
         runtime_id=runtime_id,
         base_url=connection.base_url,
-        token_provider=lambda: resolve_token(token_ref, runtime_id=runtime_id),
+        token_provider=lambda: resolve_token(token_ref, runtime_id=runtime_id, policy=policy),
         connect_timeout=connection.connect_timeout,
         read_timeout=connection.read_timeout,
+        ssl_context=ssl_context,
     )
     return RemoteRuntimeHandle(runtime_id, client)
 
@@ -115,6 +181,7 @@ class RuntimeRegistry:
         self._breakers: dict[str, CircuitBreaker] = {}
         self._bulkheads: dict[str, Bulkhead] = {}
         self._online_marked_at: dict[str, float] = {}
+        self._seen_refs: set[str] = set()
 
     def __repr__(self) -> str:
         return f"RuntimeRegistry(runtimes={sorted(self._connections)!r})"
@@ -128,6 +195,7 @@ class RuntimeRegistry:
                 self._connections = self._loader()
                 self._loaded_at = now
                 self._drop_stale_handles()
+                self._learn_secrets()
             return self._connections
 
     def connection(self, runtime_id: str, *, refresh: bool = True) -> RuntimeConnection:
@@ -230,6 +298,17 @@ class RuntimeRegistry:
         with self._lock:
             self._online_marked_at.pop(runtime_id, None)
 
+    def _learn_secrets(self) -> None:
+        """Remember the values behind refs not seen before, so that no runtime's answer shows any of them
+        (another runtime's token included); a value resolved later (a rotated file) is added at use."""
+        from runtimes.secrets import secret_values_of_refs
+
+        fresh = {ref for connection in self._connections.values() for ref in connection.secret_refs}
+        fresh -= self._seen_refs
+        if fresh:
+            self._seen_refs |= fresh
+            known_secrets.add(*secret_values_of_refs(sorted(fresh)))
+
     def _drop_stale_handles(self) -> None:
         for runtime_id, (fingerprint, handle) in list(self._handles.items()):
             connection = self._connections.get(runtime_id)
@@ -258,6 +337,7 @@ class RuntimeRegistry:
             self._breakers.clear()
             self._bulkheads.clear()
             self._online_marked_at.clear()
+            self._seen_refs.clear()
             self._connections = {}
             self._loaded_at = None
 

@@ -30,6 +30,7 @@ class RuntimeView:
     last_seen_at: datetime | None
     error_code: str
     capabilities: Capabilities
+    error_reason: str = ""
 
 
 def _group_ids(user: User) -> frozenset[int]:
@@ -76,6 +77,7 @@ def _views(runtime_ids: list[str] | None) -> list[RuntimeView]:
             last_seen_at=row.last_seen_at,
             error_code=row.status_error_code,
             capabilities=Capabilities.from_json(row.capabilities),
+            error_reason=row.status_reason,
         )
         for row in rows
     ]

@@ -27,6 +27,10 @@ _SYNCED_FIELDS: tuple[str, ...] = (
     "read_timeout",
     "enabled",
     "max_in_flight",
+    "tls_ca_file",
+    "tls_client_cert_file",
+    "tls_client_key_ref",
+    "allow_insecure_http",
 )
 
 

@@ -50,3 +50,12 @@ def runtime_process(runtime_factory: RuntimeFactory) -> RuntimeProcess:
 def small_retention_runtime(runtime_factory: RuntimeFactory) -> RuntimeProcess:
     """Like ``runtime_process``, but each worker keeps only its last 5 events."""
     return runtime_factory(config_text=example_config(event_retention=5))
+
+
+@pytest.fixture
+def secrets_dir(settings: Any, tmp_path: Path) -> Path:
+    """A fresh ``YOI_SECRETS_DIR`` for this test: ``file:`` refs must point inside it."""
+    directory = (tmp_path / "secrets").resolve()
+    directory.mkdir()
+    settings.YOI_SECRETS_DIR = directory
+    return directory

@@ -28,7 +28,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_AGENT = REPO_ROOT / "fixtures" / "agents" / "example_agent.py"
 DEFAULT_TOKEN = "test-token-3f9c2a71d4e8b605"
 TOKEN_ENV = "YOI_TEST_RUNTIME_TOKEN"
-READY_RE = re.compile(r"^yoi-runtime: runtime (\S+) listening on http://(\S+):(\d+) \(store: (\S+)\)$")
+READY_RE = re.compile(r"^yoi-runtime: runtime (\S+) listening on (https?)://(\S+):(\d+) \(store: (\S+)\)$")
+# One line of the runtime's own request log (``--access-log``, uvicorn's access format).
+REQUEST_LINE_RE = re.compile(r'"(GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS) (\S+) HTTP/[\d.]+" (\d{3})')
 
 _spawned: list[subprocess.Popen[str]] = []
 _spawned_lock = threading.Lock()
@@ -143,6 +145,12 @@ class RuntimeProcess:
         """What the process wrote on stderr so far."""
         return self.stderr.text(0.5) if self.stderr else ""
 
+    def requests_logged(self) -> list[tuple[str, str, int]]:
+        """``(method, path, status)`` of every request in the runtime's own log so far (``--access-log``)."""
+        lines = list(self.stdout.lines) if self.stdout else []
+        found = [REQUEST_LINE_RE.search(line) for line in lines]
+        return [(match.group(1), match.group(2), int(match.group(3))) for match in found if match]
+
 
 def start_runtime(
     tmp_dir: Path,
@@ -225,10 +233,10 @@ def _spawn(
         raise RuntimeError(
             f"runtime did not become ready (exit {proc.returncode}); stderr:\n{stderr.text()[-4000:]}"
         )
-    host, bound_port = match.group(2), int(match.group(3))
+    scheme, host, bound_port = match.group(2), match.group(3), int(match.group(4))
     return RuntimeProcess(
         runtime_id=runtime_id,
-        base_url=f"http://{host}:{bound_port}",
+        base_url=f"{scheme}://{host}:{bound_port}",
         token=token,
         store=store,
         config_path=config_path,

@@ -1,21 +1,24 @@
 """``yoi-runtime``: run the reference worker-runtime as a process.
 
 ``yoi-runtime serve --bind HOST:PORT --store DIR --runtime-id ID [--config FILE]
-[--token-env NAME | --token-file PATH | --insecure-no-auth] [--ping-interval S] [--memory]``
+[--token-env NAME | --token-file PATH | --insecure-no-auth] [--tls-cert FILE --tls-key FILE
+[--tls-client-ca FILE] | --insecure-http] [--access-log] [--ping-interval S] [--memory]``
 
-Prints one line when it listens (``yoi-runtime: runtime <id> listening on http://HOST:PORT (store: <backend>)``),
-stops cleanly on SIGTERM/SIGINT (exit 0), and exits 2 with one line on stderr when it cannot start.
+Prints one line when it listens (``yoi-runtime: runtime <id> listening on http(s)://HOST:PORT (store:
+<backend>)``), stops cleanly on SIGTERM/SIGINT (exit 0), and exits 2 with one line on stderr when it cannot
+start. With ``--tls-cert``/``--tls-key`` it serves HTTPS; ``--tls-client-ca`` also requires a client
+certificate signed by that CA (mTLS). Without TLS a bind address that is not loopback needs ``--insecure-http``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import ipaddress
 import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +31,7 @@ from worker_runtime.config import ConfigError, RuntimeConfig, load_config
 from worker_runtime.core import WorkerRuntime
 from worker_runtime.errors import StoreError
 from worker_runtime.ids import is_valid_id
+from worker_runtime.net import is_loopback
 from worker_runtime.server import DEFAULT_PING_INTERVAL, RuntimeServer, create_server
 from worker_runtime.store import FsStore, MemoryStore, Store
 
@@ -35,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
 GRACEFUL_SHUTDOWN_SECONDS = 5
+MIN_TLS_VERSION = ssl.TLSVersion.TLSv1_2
 
 
 class StartupError(Exception):
@@ -64,6 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between keep-alive comments on idle event streams (default 15)",
     )
     serve.add_argument("--memory", action="store_true", help="keep state in memory only (no store)")
+    serve.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM, chain first)")
+    serve.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
+    serve.add_argument(
+        "--tls-client-ca", metavar="FILE", help="require a client certificate signed by this CA (mTLS)"
+    )
+    serve.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="allow plain HTTP on an address that is not loopback (the token crosses the network in cleartext)",
+    )
+    serve.add_argument(
+        "--access-log", action="store_true", help="print one line per request on stdout (no headers)"
+    )
     return parser
 
 
@@ -75,16 +93,6 @@ def parse_bind(value: str) -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host, int(port_text)
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost, 127.0.0.0/8 and ::1."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def read_token(args: argparse.Namespace) -> str | None:
@@ -104,6 +112,33 @@ def read_token(args: argparse.Namespace) -> str | None:
             raise StartupError("the token file is empty")
         return token.strip()
     return None
+
+
+def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The server context of --tls-cert/--tls-key (and --tls-client-ca), or None for plain HTTP."""
+    if not args.tls_cert and not args.tls_key:
+        if args.tls_client_ca:
+            raise StartupError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if not args.tls_cert or not args.tls_key:
+        raise StartupError("--tls-cert and --tls-key go together")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = MIN_TLS_VERSION
+    try:
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    except ssl.SSLError as exc:
+        raise StartupError("the TLS certificate or key is not PEM, or they do not match") from exc
+    except OSError as exc:
+        raise StartupError(f"cannot read the TLS certificate or key: {exc.strerror or 'error'}") from exc
+    if args.tls_client_ca:
+        try:
+            context.load_verify_locations(cafile=args.tls_client_ca)
+        except ssl.SSLError as exc:
+            raise StartupError("the --tls-client-ca file holds no PEM certificate") from exc
+        except OSError as exc:
+            raise StartupError(f"cannot read the --tls-client-ca file: {exc.strerror or 'error'}") from exc
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -163,6 +198,12 @@ def serve(args: argparse.Namespace) -> int:
         raise StartupError("refusing to start without a token: give --token-env NAME or --token-file PATH")
     if token is None and not is_loopback(host):
         raise StartupError("refusing --insecure-no-auth on a non-loopback address")
+    tls = tls_context(args)
+    if tls is None and not is_loopback(host) and not args.insecure_http:
+        raise StartupError(
+            "refusing plain HTTP on a non-loopback address (the token would cross the network in cleartext): "
+            "give --tls-cert and --tls-key, or --insecure-http"
+        )
     try:
         config = load_config(args.config) if args.config else RuntimeConfig()
     except ConfigError as exc:
@@ -178,7 +219,15 @@ def serve(args: argparse.Namespace) -> int:
             raise StartupError(f"cannot open the store: {exc}") from exc
         try:
             server = create_server(runtime, store=store, token=token, ping_interval=args.ping_interval)
-            _run(server, sock, host=host, runtime_id=args.runtime_id, backend=store.backend)
+            _run(
+                server,
+                sock,
+                host=host,
+                runtime_id=args.runtime_id,
+                backend=store.backend,
+                tls=tls,
+                access_log=args.access_log,
+            )
         finally:
             runtime.close()
     finally:
@@ -186,12 +235,21 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(server: RuntimeServer, sock: socket.socket, *, host: str, runtime_id: str, backend: str) -> None:
+def _run(
+    server: RuntimeServer,
+    sock: socket.socket,
+    *,
+    host: str,
+    runtime_id: str,
+    backend: str,
+    tls: ssl.SSLContext | None,
+    access_log: bool,
+) -> None:
     bound_port = sock.getsockname()[1]
     shown_host = f"[{host}]" if ":" in host else host
 
     def announce() -> None:
-        address = f"http://{shown_host}:{bound_port}"
+        address = f"{'https' if tls else 'http'}://{shown_host}:{bound_port}"
         print(f"yoi-runtime: runtime {runtime_id} listening on {address} (store: {backend})", flush=True)
 
     config = uvicorn.Config(
@@ -200,11 +258,16 @@ def _run(server: RuntimeServer, sock: socket.socket, *, host: str, runtime_id: s
         http="httptools",
         lifespan="on",
         log_level="warning",
-        access_log=False,
+        access_log=access_log,
         proxy_headers=False,
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        # The context was built (and checked) before the store was opened: use it as it is.
+        ssl_context_factory=(lambda _config, _default: tls) if tls is not None else None,
     )
+    if access_log:
+        # uvicorn set its access logger to log_level; the request lines are INFO.
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     uv = _Server(config, on_started=announce, on_shutdown=server.begin_shutdown)
 
     def forward(sig: int, frame: FrameType | None) -> None:

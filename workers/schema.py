@@ -71,6 +71,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "runtime_auth_failed": (502, "the runtime rejected the Backend's credential (never a 401)"),
     "runtime_bad_response": (502, "the runtime answered a 5xx, non-JSON, the wrong shape, or an oversized body"),
     "runtime_disabled": (503, "the runtime is disabled in the registry (not contacted)"),
+    "runtime_misconfigured": (503, "the Backend's settings for the runtime cannot be used (not contacted)"),
     "runtime_busy": (503, "max_in_flight requests to this runtime are in flight already; `Retry-After`"),
     "runtime_circuit_open": (503, "too many recent failures; fast-fail with `Retry-After`"),
     "runtime_timeout": (504, "connect or read timeout"),
@@ -82,7 +83,7 @@ EXTRA_STATUSES: dict[str, tuple[int, ...]] = {"runtime_rejected": (422,)}
 # The 5xx that are not Backend bugs: a runtime's failure, mapped (DESIGN §5).
 MAPPED_UPSTREAM_CODES: dict[int, frozenset[str]] = {
     502: frozenset({"runtime_unreachable", "runtime_auth_failed", "runtime_bad_response"}),
-    503: frozenset({"runtime_disabled", "runtime_busy", "runtime_circuit_open"}),
+    503: frozenset({"runtime_disabled", "runtime_misconfigured", "runtime_busy", "runtime_circuit_open"}),
     504: frozenset({"runtime_timeout"}),
 }
 # Fixed messages of the codes that are not runtimes.errors classes (workers.exceptions), for the examples.
@@ -267,6 +268,9 @@ class RuntimeStatusSerializer(serializers.Serializer[Any]):
     checked_at = serializers.DateTimeField(allow_null=True)
     last_seen_at = serializers.DateTimeField(allow_null=True)
     error_code = serializers.CharField(allow_null=True, help_text="The error code of the last failure, or null.")
+    reason = serializers.CharField(
+        allow_null=True, help_text='Why, when known: "tls", or the setting at fault (e.g. "token_ref"); else null.'
+    )
 
 
 # many=False: drf-spectacular would otherwise document a ViewSet ``list`` action as a bare JSON array.

@@ -298,10 +298,15 @@ class RuntimeStatusOutputSerializer(serializers.Serializer[Any]):
     checked_at = serializers.DateTimeField(allow_null=True)
     last_seen_at = serializers.DateTimeField(allow_null=True)
     error_code = serializers.SerializerMethodField()
+    reason = serializers.SerializerMethodField()
 
     def get_error_code(self, view: Any) -> str | None:
         """The last failure's code, or null when there is none."""
         return view.error_code or None
+
+    def get_reason(self, view: Any) -> str | None:
+        """Why the last failure happened (``tls``, or the setting at fault), or null."""
+        return view.error_reason or None
 
 
 _STATUS_SERIALIZER = RuntimeStatusOutputSerializer()
@@ -318,7 +323,7 @@ class RuntimeOutputSerializer(serializers.Serializer[Any]):
     capabilities = serializers.SerializerMethodField()
 
     def get_status(self, view: Any) -> dict[str, Any]:
-        """``{state, checked_at, last_seen_at, error_code}``."""
+        """``{state, checked_at, last_seen_at, error_code, reason}``."""
         # One shared instance: a new nested serializer per row deep-copies its fields (most of a list's time).
         return dict(_STATUS_SERIALIZER.to_representation(view))
 

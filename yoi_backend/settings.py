@@ -103,6 +103,18 @@ CSRF_COOKIE_SECURE = bool_setting("DJANGO_CSRF_COOKIE_SECURE", False)
 
 YOI_DATA_DIR = Path(env.str("YOI_DATA_DIR", default="") or BASE_DIR / "var").resolve()
 YOI_RUNTIMES_CONFIG = env.str("YOI_RUNTIMES_CONFIG", default="")
+# Secret refs of runtime rows are confined (runtimes/secrets.py): env: refs name only variables with this
+# prefix, file: refs only files inside this directory (symlinks followed).
+YOI_TOKEN_ENV_PREFIX = env.str("YOI_TOKEN_ENV_PREFIX", default="") or "YOI_RUNTIME_TOKEN_"
+if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{3,}", YOI_TOKEN_ENV_PREFIX) or any(
+    own.startswith(YOI_TOKEN_ENV_PREFIX)
+    for own in ("DJANGO_SECRET_KEY", "DATABASE_URL", "REDIS_URL", "YOI_METRICS_TOKEN")
+):
+    raise ImproperlyConfigured(
+        "YOI_TOKEN_ENV_PREFIX must be at least 4 characters of [A-Za-z0-9_] and must not cover the Backend's "
+        f"own variables, got {YOI_TOKEN_ENV_PREFIX!r}"
+    )
+YOI_SECRETS_DIR = Path(env.str("YOI_SECRETS_DIR", default="") or YOI_DATA_DIR / "secrets").resolve()
 # How long cached runtime status stays fresh before a detail read refreshes it.
 YOI_STATUS_STALE_SECONDS = number_setting("YOI_STATUS_STALE_SECONDS", 30.0)
 # How often a running process re-reads runtime rows to pick up admin / sync changes.
@@ -167,6 +179,7 @@ INSTALLED_APPS = [
     "axes",
     "runtimes",
     "workers",
+    "yoi_backend.apps.YoiBackendConfig",
 ]
 
 MIDDLEWARE = [
@@ -269,9 +282,12 @@ else:
     }
 SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 
+# Django's four standard validators (admin password forms, createsuperuser, changepassword).
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
 LANGUAGE_CODE = "en-us"

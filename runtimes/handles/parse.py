@@ -11,6 +11,11 @@ keys nobody knows are ignored (an event's ``data`` object is kept whole, whateve
 The per-field normalisers (``int_from``, ``seconds_from``, ``epoch_from``, ...) are small module functions
 so each rule can be read, tested and changed on its own. ``parse_event`` is the hot path: a well-typed
 event is checked with exact type tests only and never reaches a normaliser.
+
+This is also the edge where runtime text is scrubbed (runtimes/scrub.py), so nothing downstream —
+serializers, the relay, its buffer, the channel layer — ever holds it raw: metadata (status, profile,
+intent, role, capabilities, reset reasons, event kinds) gets the full scrub, agent content (transcript
+content, event payloads) known-secret redaction only. Each function takes the runtime's ``scrubber``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
-from runtimes.errors import RuntimeBadResponse, scrub
+from runtimes.errors import RuntimeBadResponse
+from runtimes.scrub import GENERIC, Scrubber
 from runtimes.types import (
     RESET_HISTORY_EXPIRED,
     Ack,
@@ -37,12 +43,15 @@ from runtimes.types import (
     WorkerEvent,
     is_valid_id,
 )
+from worker_runtime.model import EVENT_KINDS
 
 logger = logging.getLogger(__name__)
 
 RESET_EVENT = "reset"
 # The SSE default event type: what an event is called when neither its ``event:`` line nor its data names it.
 DEFAULT_EVENT_KIND = "message"
+# Event kinds of the protocol (and SSE's default name): their names need no scrub (the hot path skips it).
+KNOWN_EVENT_KINDS = EVENT_KINDS | {DEFAULT_EVENT_KIND}
 # An epoch is opaque but travels to browsers (frames, worker JSON, a query parameter): a short token.
 EPOCH_RE = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
 _INT_TEXT_RE = re.compile(r"[+-]?[0-9]{1,19}")
@@ -177,10 +186,13 @@ def payload_from(value: Any) -> dict[str, Any]:
 class _Reader:
     """Field access on one JSON object: strict for what the Backend needs, tolerant for the rest."""
 
-    def __init__(self, body: Any, *, runtime_id: str, worker_id: str | None, what: str) -> None:
+    def __init__(
+        self, body: Any, *, runtime_id: str, worker_id: str | None, what: str, scrubber: Scrubber = GENERIC
+    ) -> None:
         self.runtime_id = runtime_id
         self.worker_id = worker_id
         self.what = what
+        self.scrubber = scrubber
         if not isinstance(body, dict):
             self.bad(what)
         self.body: dict[str, Any] = body
@@ -193,6 +205,12 @@ class _Reader:
 
     def note(self, key: str, action: str) -> None:
         field_notes.note(self.runtime_id, self._field(key), action, worker_id=self.worker_id)
+
+    def child(self, body: Any, what: str) -> _Reader:
+        """A reader of a nested object with the same ids and scrub."""
+        return _Reader(
+            body, runtime_id=self.runtime_id, worker_id=self.worker_id, what=what, scrubber=self.scrubber
+        )
 
     # ---- required: a mismatch is fatal
 
@@ -208,6 +226,10 @@ class _Reader:
         if value is not None and not isinstance(value, str):
             self.bad(key)
         return value
+
+    def text(self, key: str) -> str:
+        """A required metadata string, scrubbed."""
+        return self.scrubber.text(self.get_str(key))
 
     def get_int(self, key: str) -> int:
         value = self.body.get(key)
@@ -237,6 +259,10 @@ class _Reader:
             return value
         return self._optional(key, None)
 
+    def opt_text(self, key: str) -> str | None:
+        """An optional metadata string, scrubbed."""
+        return self.scrubber.opt_text(self.opt_str(key))
+
     def opt_int(self, key: str) -> int | None:
         value = self.body.get(key)
         if value is None or type(value) is int:
@@ -258,6 +284,11 @@ class _Reader:
         if value is None or type(value) is int or type(value) is str:
             return value
         return self._optional(key, event_id_from(value))
+
+    def event_id(self, key: str) -> int | str | None:
+        """An optional event id (a string one is metadata, scrubbed)."""
+        value = self.opt_event_id(key)
+        return self.scrubber.text(value) if isinstance(value, str) else value
 
     def opt_dict(self, key: str) -> dict[str, Any] | None:
         value = self.body.get(key)
@@ -287,9 +318,7 @@ def _check_ref(reader: _Reader, *, worker_id: str | None) -> str:
     ref = reader.body.get("worker_ref")
     if ref is not None and not isinstance(ref, dict):
         reader.bad("worker_ref")
-    ref_reader = (
-        _Reader(ref, runtime_id=reader.runtime_id, worker_id=worker_id, what="worker_ref") if ref else None
-    )
+    ref_reader = reader.child(ref, "worker_ref") if ref else None
     reported_runtime = ref_reader.get_ident("runtime_id") if ref_reader else None
     top_runtime = reader.get_ident("runtime_id")
     for value in (reported_runtime, top_runtime):
@@ -311,14 +340,14 @@ def _check_ref(reader: _Reader, *, worker_id: str | None) -> str:
     return found
 
 
-def parse_summary(body: Any, *, runtime_id: str) -> RuntimeSummary:
+def parse_summary(body: Any, *, runtime_id: str, scrubber: Scrubber = GENERIC) -> RuntimeSummary:
     """A RuntimeSummary object (the inside of ``{"runtime": ...}``); its runtime_id must be ``runtime_id``."""
-    r = _Reader(body, runtime_id=runtime_id, worker_id=None, what="runtime")
+    r = _Reader(body, runtime_id=runtime_id, worker_id=None, what="runtime", scrubber=scrubber)
     reported = r.get_str("runtime_id")
     if reported != runtime_id:
         logger.warning(
             "runtimes.parse.identity_mismatch",
-            extra={"runtime_id": runtime_id, "reported_runtime_id": scrub(reported)[:120]},
+            extra={"runtime_id": runtime_id, "reported_runtime_id": scrubber.text(reported, limit=120)},
         )
         raise RuntimeBadResponse(
             runtime_id=runtime_id,
@@ -326,8 +355,8 @@ def parse_summary(body: Any, *, runtime_id: str) -> RuntimeSummary:
         )
     return RuntimeSummary(
         runtime_id=runtime_id,
-        display_name=r.opt_str("display_name") or runtime_id,
-        status=r.get_str("status"),
+        display_name=r.opt_text("display_name") or runtime_id,
+        status=r.text("status"),
         worker_count=r.opt_int("worker_count"),
         active_worker_count=r.opt_int("active_worker_count"),
         stopped_worker_count=r.opt_int("stopped_worker_count"),
@@ -351,15 +380,15 @@ def _profiles(r: _Reader) -> tuple[ProfileInfo, ...] | None:
         if not isinstance(name, str) or not name:
             r.note("profiles[].name", "dropped")
             continue
-        p = _Reader(item, runtime_id=r.runtime_id, worker_id=None, what="profiles[]")
-        items.append(ProfileInfo(name=name, description=p.opt_str("description") or ""))
+        p = r.child(item, "profiles[]")
+        items.append(ProfileInfo(name=r.scrubber.text(name), description=p.opt_text("description") or ""))
     return tuple(items)
 
 
 def _protocol_version(r: _Reader) -> str | None:
     version = r.body.get("protocol_version")
     if version is None or isinstance(version, str):
-        return version
+        return r.scrubber.opt_text(version)
     if isinstance(version, int | float) and not isinstance(version, bool):
         return str(version)
     r.note("protocol_version", "dropped")
@@ -367,12 +396,12 @@ def _protocol_version(r: _Reader) -> str | None:
 
 
 def _capabilities(r: _Reader) -> Capabilities:
-    limits = _Reader(r.opt_dict("limits") or {}, runtime_id=r.runtime_id, worker_id=None, what="limits")
+    limits = r.child(r.opt_dict("limits") or {}, "limits")
     return Capabilities(
         protocol_version=_protocol_version(r),
-        backend=r.opt_str("backend"),
+        backend=r.opt_text("backend"),
         profiles=_profiles(r),
-        default_profile=r.opt_str("default_profile"),
+        default_profile=r.opt_text("default_profile"),
         max_transcript_items=limits.opt_int("max_transcript_projection_items"),
         max_input_bytes=limits.opt_int("max_input_bytes"),
     )
@@ -381,68 +410,72 @@ def _capabilities(r: _Reader) -> Capabilities:
 def _profile_name(r: _Reader) -> str | None:
     value = r.body.get("profile")
     if value is None or isinstance(value, str):
-        return value
+        return r.scrubber.opt_text(value)
     if isinstance(value, dict):  # a selector {"kind", "value"?}
-        selector = _Reader(value, runtime_id=r.runtime_id, worker_id=r.worker_id, what="profile")
-        return selector.opt_str("value") or selector.opt_str("kind")
+        selector = r.child(value, "profile")
+        return selector.opt_text("value") or selector.opt_text("kind")
     r.note("profile", "dropped")
     return None
 
 
-def parse_worker(body: Any, *, runtime_id: str, worker_id: str | None = None) -> WorkerDetail:
+def parse_worker(
+    body: Any, *, runtime_id: str, worker_id: str | None = None, scrubber: Scrubber = GENERIC
+) -> WorkerDetail:
     """A WorkerDetail/WorkerSummary object; when ``worker_id`` is given the body must name that worker."""
-    r = _Reader(body, runtime_id=runtime_id, worker_id=worker_id, what="worker")
+    r = _Reader(body, runtime_id=runtime_id, worker_id=worker_id, what="worker", scrubber=scrubber)
     found = _check_ref(r, worker_id=worker_id)
     r.worker_id = found
     return WorkerDetail(
         runtime_id=runtime_id,
         worker_id=found,
-        status=r.get_str("status"),
+        status=r.text("status"),
         profile=_profile_name(r),
-        intent=dict(r.opt_dict("intent") or {}),
+        intent=dict(scrubber.tree(r.opt_dict("intent") or {})),
         transcript_len=r.opt_int("transcript_len"),
         last_seq=r.opt_int("last_seq"),
         created_at=r.opt_seconds("created_at"),
         updated_at=r.opt_seconds("updated_at"),
-        reason=r.opt_str("reason"),
+        reason=r.opt_text("reason"),
         exit_code=r.opt_int("exit_code"),
         epoch=r.opt_epoch(),
     )
 
 
-def parse_workers(body: Any, *, runtime_id: str) -> list[WorkerDetail]:
+def parse_workers(body: Any, *, runtime_id: str, scrubber: Scrubber = GENERIC) -> list[WorkerDetail]:
     """The list of ``{"workers": [...]}``."""
     if not isinstance(body, list):
         _bad(runtime_id, "workers")
-    return [parse_worker(item, runtime_id=runtime_id) for item in body]
+    return [parse_worker(item, runtime_id=runtime_id, scrubber=scrubber) for item in body]
 
 
-def parse_ack(body: Any, *, runtime_id: str, worker_id: str) -> Ack:
+def parse_ack(body: Any, *, runtime_id: str, worker_id: str, scrubber: Scrubber = GENERIC) -> Ack:
     """The ``ack`` of input/stop/cancel; it must name the worker the command went to."""
-    r = _Reader(body, runtime_id=runtime_id, worker_id=worker_id, what="ack")
+    r = _Reader(body, runtime_id=runtime_id, worker_id=worker_id, what="ack", scrubber=scrubber)
     _check_ref(r, worker_id=worker_id)
     return Ack(
         runtime_id=runtime_id,
         worker_id=worker_id,
-        status=r.get_str("status"),
+        status=r.text("status"),
         transcript_sequence=r.opt_int("transcript_sequence"),
-        event_id=r.opt_event_id("event_id"),
+        event_id=r.event_id("event_id"),
     )
 
 
-def parse_transcript(body: Any, *, runtime_id: str, worker_id: str) -> TranscriptPage:
-    """The ``transcript`` page of one worker."""
-    r = _Reader(body, runtime_id=runtime_id, worker_id=worker_id, what="transcript")
+def parse_transcript(
+    body: Any, *, runtime_id: str, worker_id: str, scrubber: Scrubber = GENERIC
+) -> TranscriptPage:
+    """The ``transcript`` page of one worker; item content is agent content (known secrets redacted)."""
+    r = _Reader(body, runtime_id=runtime_id, worker_id=worker_id, what="transcript", scrubber=scrubber)
     _check_ref(r, worker_id=worker_id)
     items = []
     for raw in r.get_list("items"):
-        item = _Reader(raw, runtime_id=runtime_id, worker_id=worker_id, what="transcript.items[]")
+        item = r.child(raw, "transcript.items[]")
         items.append(
             TranscriptItem(
                 sequence=item.get_int("sequence"),
-                role=item.get_str("role"),
-                content=item.get_str("content"),
-                event_id=item.opt_event_id("event_id"),
+                role=item.text("role"),
+                content=scrubber.content(item.get_str("content")),
+                event_id=item.event_id("event_id"),
             )
         )
     return TranscriptPage(
@@ -469,14 +502,16 @@ def parse_stream_epoch(value: str | None, *, runtime_id: str, worker_id: str) ->
     return epoch
 
 
-def parse_reset(data: dict[str, Any], *, runtime_id: str, worker_id: str) -> StreamReset:
+def parse_reset(
+    data: dict[str, Any], *, runtime_id: str, worker_id: str, scrubber: Scrubber = GENERIC
+) -> StreamReset:
     """An ``event: reset``: the stream goes on from ``earliest_seq`` (required), for ``reason``."""
-    r = _Reader(data, runtime_id=runtime_id, worker_id=worker_id, what="reset")
+    r = _Reader(data, runtime_id=runtime_id, worker_id=worker_id, what="reset", scrubber=scrubber)
     earliest = r.get_int("earliest_seq")
     if earliest < 1:
         r.bad("earliest_seq")
     return StreamReset(
-        reason=r.opt_str("reason") or RESET_HISTORY_EXPIRED, earliest_seq=earliest, epoch=r.opt_epoch()
+        reason=r.opt_text("reason") or RESET_HISTORY_EXPIRED, earliest_seq=earliest, epoch=r.opt_epoch()
     )
 
 
@@ -516,8 +551,11 @@ def _event_ts(value: Any, *, runtime_id: str, worker_id: str) -> float | None:
     return seconds
 
 
-def parse_event(event_name: str, data: Any, *, runtime_id: str, worker_id: str) -> WorkerEvent | StreamReset:
-    """One SSE event (its ``event:`` name and ``data:`` object) of ``worker_id``'s stream.
+def parse_event(
+    event_name: str, data: Any, *, runtime_id: str, worker_id: str, scrubber: Scrubber = GENERIC
+) -> WorkerEvent | StreamReset:
+    """One SSE event (its ``event:`` name and ``data:`` object) of ``worker_id``'s stream; the payload is
+    agent content (known secrets redacted), the kind metadata.
 
     Fatal only: data that is not an object, a ``seq`` that is missing or not an integer ≥ 1, a ``worker_id``
     naming another worker. Everything else is normalised (see the module docstring).
@@ -525,7 +563,7 @@ def parse_event(event_name: str, data: Any, *, runtime_id: str, worker_id: str) 
     if type(data) is not dict:
         _bad(runtime_id, "event", worker_id=worker_id)
     if event_name == RESET_EVENT:
-        return parse_reset(data, runtime_id=runtime_id, worker_id=worker_id)
+        return parse_reset(data, runtime_id=runtime_id, worker_id=worker_id, scrubber=scrubber)
     seq = data.get("seq")
     if type(seq) is not int or seq < 1:
         seq = _event_seq(seq, runtime_id=runtime_id, worker_id=worker_id)
@@ -536,10 +574,11 @@ def parse_event(event_name: str, data: Any, *, runtime_id: str, worker_id: str) 
     if type(kind) is not str or not kind or (kind != event_name and event_name not in ("", DEFAULT_EVENT_KIND)):
         kind = _event_kind(kind, event_name, runtime_id=runtime_id, worker_id=worker_id)
     payload = data.get("data")
-    if type(payload) is dict:
-        payload = dict(payload)
-    else:
+    if type(payload) is not dict:
         payload = _event_payload(payload, runtime_id=runtime_id, worker_id=worker_id)
+    payload = dict(scrubber.content_tree(payload))
+    if kind not in KNOWN_EVENT_KINDS:
+        kind = scrubber.text(kind)
     ts = data.get("ts")
     # ts - ts is 0.0 for every finite float (NaN and infinities give NaN): browsers get a number or null.
     if ts is not None and (type(ts) is not float or ts - ts != 0.0):

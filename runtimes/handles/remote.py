@@ -28,6 +28,7 @@ from runtimes.handles.parse import (
     parse_workers,
     unwrap,
 )
+from runtimes.scrub import Scrubber
 from runtimes.types import (
     Ack,
     Capabilities,
@@ -48,11 +49,12 @@ FINAL_EVENT = "worker_exited"
 class RemoteEventStream:
     """A worker's events from a remote runtime's SSE stream, parsed; ``close()`` is safe from any thread."""
 
-    def __init__(self, stream: ClientEventStream, *, runtime_id: str, worker_id: str) -> None:
+    def __init__(self, stream: ClientEventStream, *, runtime_id: str, worker_id: str, scrubber: Scrubber) -> None:
         self.runtime_id = runtime_id
         self.worker_id = worker_id
         self._stream = stream
         self.epoch = parse_stream_epoch(stream.epoch_header, runtime_id=runtime_id, worker_id=worker_id)
+        self._scrubber = scrubber
 
     def __repr__(self) -> str:
         return f"RemoteEventStream(runtime_id={self.runtime_id!r}, worker_id={self.worker_id!r})"
@@ -63,7 +65,11 @@ class RemoteEventStream:
         try:
             for message in self._stream:
                 item = parse_event(
-                    message.event, message.data, runtime_id=self.runtime_id, worker_id=self.worker_id
+                    message.event,
+                    message.data,
+                    runtime_id=self.runtime_id,
+                    worker_id=self.worker_id,
+                    scrubber=self._scrubber,
                 )
                 yield item
                 if isinstance(item, WorkerEvent) and item.event == FINAL_EVENT:
@@ -91,6 +97,7 @@ class RemoteRuntimeHandle:
     def __init__(self, runtime_id: str, client: RemoteRuntimeClient) -> None:
         self.runtime_id = runtime_id
         self._client = client
+        self._scrubber = client.scrubber
         # Commands go only to a runtime that has proved it is the configured one; re-checked after any
         # transport failure, since whatever answers at that address after a restart may be another runtime.
         self._identity_verified = False
@@ -104,7 +111,11 @@ class RemoteRuntimeHandle:
         """GET /v1/runtime; the runtime must report the configured runtime_id."""
         self._identity_verified = False
         _, body = self._client.request_json("GET", PATH_RUNTIME)
-        summary = parse_summary(unwrap(body, "runtime", runtime_id=self.runtime_id), runtime_id=self.runtime_id)
+        summary = parse_summary(
+            unwrap(body, "runtime", runtime_id=self.runtime_id),
+            runtime_id=self.runtime_id,
+            scrubber=self._scrubber,
+        )
         self._identity_verified = True
         return summary
 
@@ -126,7 +137,8 @@ class RemoteRuntimeHandle:
     def list_workers(self) -> list[WorkerDetail]:
         """Every worker of the runtime."""
         body = self._request("GET", PATH_WORKERS)
-        return parse_workers(unwrap(body, "workers", runtime_id=self.runtime_id), runtime_id=self.runtime_id)
+        workers = unwrap(body, "workers", runtime_id=self.runtime_id)
+        return parse_workers(workers, runtime_id=self.runtime_id, scrubber=self._scrubber)
 
     def get_worker(self, worker_id: str) -> WorkerDetail:
         """One worker's detail."""
@@ -162,14 +174,14 @@ class RemoteRuntimeHandle:
             "GET", PATH_WORKER_TRANSCRIPT, worker_id=worker_id, params={"start": start, "limit": limit}
         )
         page = unwrap(body, "transcript", runtime_id=self.runtime_id, worker_id=worker_id)
-        return parse_transcript(page, runtime_id=self.runtime_id, worker_id=worker_id)
+        return parse_transcript(page, runtime_id=self.runtime_id, worker_id=worker_id, scrubber=self._scrubber)
 
     def open_events(self, worker_id: str, *, after: int | None) -> RemoteEventStream:
         """The worker's event stream after seq ``after`` (``None`` = live only, ``0`` = from the first)."""
         if not self._identity_verified:
             self.summary()
         stream = self._client.open_event_stream(worker_id, after=after)
-        return RemoteEventStream(stream, runtime_id=self.runtime_id, worker_id=worker_id)
+        return RemoteEventStream(stream, runtime_id=self.runtime_id, worker_id=worker_id, scrubber=self._scrubber)
 
     def close(self) -> None:
         """Release the client's pooled connections."""
@@ -177,12 +189,12 @@ class RemoteRuntimeHandle:
 
     def _worker(self, body: dict[str, Any], worker_id: str | None) -> WorkerDetail:
         worker = unwrap(body, "worker", runtime_id=self.runtime_id, worker_id=worker_id)
-        return parse_worker(worker, runtime_id=self.runtime_id, worker_id=worker_id)
+        return parse_worker(worker, runtime_id=self.runtime_id, worker_id=worker_id, scrubber=self._scrubber)
 
     def _command(self, path: str, worker_id: str, body: dict[str, Any], *, idempotency_key: str | None) -> Ack:
         answer = self._request("POST", path, body=body, worker_id=worker_id, idempotency_key=idempotency_key)
         ack = unwrap(answer, "ack", runtime_id=self.runtime_id, worker_id=worker_id)
-        return parse_ack(ack, runtime_id=self.runtime_id, worker_id=worker_id)
+        return parse_ack(ack, runtime_id=self.runtime_id, worker_id=worker_id, scrubber=self._scrubber)
 
 
 def _reason_body(reason: str | None) -> dict[str, Any]:

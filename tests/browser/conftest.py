@@ -57,7 +57,7 @@ NARROW = {"width": 360, "height": 740}
 USERNAME = "console-user"
 PASSWORD = "console-pw-for-browser-tests-5c81"
 SECRET_KEY = "browser-tests-secret-key-not-for-production-71ad"
-RUNTIME_TOKEN_ENV = "YOI_BROWSER_LOCAL_TOKEN"
+RUNTIME_TOKEN_ENV = "YOI_RUNTIME_TOKEN_BROWSER_LOCAL"
 SCREENSHOT_DIR = REPO_ROOT / "docs" / "screenshots"
 # Quick, but visible, upstream reconnects: the indicator's countdown lasts long enough to be seen.
 BACKEND_SETTINGS = {**QUICK_RELAY_ENV, "YOI_RELAY_BACKOFF_BASE": "1.5", "YOI_RELAY_BACKOFF_CAP": "2.0"}

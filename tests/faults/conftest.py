@@ -94,7 +94,7 @@ class RuntimeRow:
     @property
     def token_env(self) -> str:
         """The environment variable named by the row's ``token_ref``."""
-        return "YOI_FAULT_TOKEN_" + "".join(c if c.isalnum() else "_" for c in self.runtime_id).upper()
+        return "YOI_RUNTIME_TOKEN_FAULT_" + "".join(c if c.isalnum() else "_" for c in self.runtime_id).upper()
 
     def toml(self) -> str:
         """The ``[[runtime]]`` table."""

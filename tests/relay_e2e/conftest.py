@@ -55,7 +55,7 @@ class RuntimeEntry:
     @property
     def token_env(self) -> str:
         """The environment variable the row's ``token_ref`` names."""
-        return "YOI_E2E_TOKEN_" + "".join(c if c.isalnum() else "_" for c in self.runtime_id).upper()
+        return "YOI_RUNTIME_TOKEN_E2E_" + "".join(c if c.isalnum() else "_" for c in self.runtime_id).upper()
 
     def toml(self) -> str:
         """The ``[[runtime]]`` table."""

@@ -88,3 +88,23 @@ def isolated_data_dir(settings: SettingsWrapper, tmp_path: Path) -> Iterator[Pat
         yield data_dir
     finally:
         registry.reset()
+
+
+def refused_refs(secrets_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The secret refs the rules refuse (docs/operations.md, "Secrets"), set up in a real secrets dir: each
+    must be refused where it is written and must send nothing at use."""
+    (secrets_dir.parent / "outside").write_text("tok-outside-value")
+    (secrets_dir / "link").symlink_to(secrets_dir.parent / "outside")
+    (secrets_dir / "empty").write_text("")
+    (secrets_dir / "a-dir").mkdir()
+    monkeypatch.setenv("YOI_RUNTIME_TOKEN_", "tok-bare-prefix-value")
+    return {
+        "django_secret_key": "env:DJANGO_SECRET_KEY",
+        "database_url": "env:DATABASE_URL",
+        "bare_prefix": "env:YOI_RUNTIME_TOKEN_",
+        "relative": "file:../x",
+        "symlink_out": f"file:{secrets_dir / 'link'}",
+        "outside": f"file:{secrets_dir.parent / 'outside'}",
+        "empty_file": f"file:{secrets_dir / 'empty'}",
+        "directory": f"file:{secrets_dir / 'a-dir'}",
+    }

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import re
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -15,11 +19,12 @@ from runtimes import metrics
 from runtimes.models import AuditEvent, ProbeRecord, Runtime
 from runtimes.registry import registry
 from tests.backend_process import free_port
+from tests.runtimes.conftest import refused_refs
 
 pytestmark = pytest.mark.django_db
 
 TOKEN_VALUE = "adm1n-PAGE-token-Kx93-never-shown"
-TOKEN_ENV = "YOI_TEST_ADMIN_RUNTIME_TOKEN"
+TOKEN_ENV = "YOI_RUNTIME_TOKEN_TEST_ADMIN_RUNTIME"
 
 
 @pytest.fixture
@@ -138,14 +143,23 @@ def test_editing_only_the_name_keeps_the_status_cache(admin_client: Client, remo
 @pytest.mark.parametrize(
     ("overrides", "field", "text"),
     [
-        ({"token_ref": ""}, "token_ref", "needs a token ref"),
+        ({"token_ref": ""}, "token_ref", "token_ref is required for a remote runtime"),
         ({"token_ref": "raw-secret-value"}, "token_ref", "token_ref must be"),
         ({"base_url": "ftp://127.0.0.1"}, "base_url", "http or https"),
         ({"base_url": "http://u:p@127.0.0.1"}, "base_url", "must not carry credentials"),
-        ({"kind": "embedded"}, "base_url", "An embedded runtime has no base URL."),
+        ({"kind": "embedded"}, "base_url", "base_url is not allowed for an embedded runtime"),
         ({"read_timeout": "0"}, "read_timeout", "Must be greater than 0"),
         ({"max_in_flight": "0"}, "max_in_flight", "max_in_flight must be an integer from 1"),
         ({"runtime_id": "bad id"}, "runtime_id", "runtime_id must match"),
+        # The transport rules of the config file (docs/operations.md).
+        ({"base_url": "http://10.0.0.9:38811"}, "base_url", "allow_insecure_http"),
+        ({"tls_ca_file": "/etc/yoi/ca.pem"}, "tls_ca_file", "need an https:// base_url"),
+        ({"base_url": "https://127.0.0.1:1", "tls_ca_file": "ca.pem"}, "tls_ca_file", "absolute path"),
+        (
+            {"base_url": "https://127.0.0.1:1", "tls_client_cert_file": "/etc/b.pem"},
+            "tls_client_key_ref",
+            "together",
+        ),
     ],
 )
 def test_admin_form_runs_model_validation(
@@ -157,6 +171,15 @@ def test_admin_form_runs_model_validation(
     errors = response.context["adminform"].form.errors
     assert field in errors and any(text in message for message in errors[field]), errors
     assert Runtime.objects.get(pk=remote_runtime.pk).base_url == "http://127.0.0.1:38811"
+
+
+@dataclass(frozen=True)
+class FakeProbeResult:
+    runtime_id: str
+    state: str
+    error_code: str
+    latency_ms: float = 1.0
+    reason: str = ""
 
 
 @pytest.mark.usefixtures("isolated_data_dir")
@@ -267,3 +290,124 @@ def test_audit_log_cannot_be_added_changed_or_deleted(admin_client: Client, audi
     assert bulk.status_code in (200, 302, 403)
     event = AuditEvent.objects.get(pk=audit_event.pk)
     assert (event.username, event.action) == ("alice", "input")
+
+
+# ----------------------------------------------------------------------------------- who may aim a credential
+
+AIMING_INPUTS = ("base_url", "token_ref", "tls_ca_file", "tls_client_cert_file", "tls_client_key_ref", "kind")
+
+
+def staff_with(*codenames: str, username: str = "ops") -> User:
+    """A staff user holding exactly these runtimes permissions."""
+    user = User.objects.create_user(username, "", "ops-pw-for-tests", is_staff=True)
+    for codename in codenames:
+        user.user_permissions.add(Permission.objects.get(content_type__app_label="runtimes", codename=codename))
+    return user
+
+
+def test_without_the_connection_permission_connection_fields_are_read_only(
+    client: Client, remote_runtime: Runtime
+) -> None:
+    client.force_login(staff_with("view_runtime", "change_runtime"))
+    url = reverse("admin:runtimes_runtime_change", args=[remote_runtime.pk])
+    html = client.get(url).content.decode()
+    for name in AIMING_INPUTS:
+        assert f'name="{name}"' not in html, name
+    assert 'name="display_name"' in html and 'name="enabled"' in html
+    assert "http://127.0.0.1:38811" in html  # still shown, read-only
+    # A forged POST cannot aim the row elsewhere; rename and disable still work.
+    listener_url = "http://127.0.0.1:39998"
+    response = client.post(
+        url,
+        change_form_data(
+            remote_runtime,
+            display_name="Renamed",
+            enabled="",
+            base_url=listener_url,
+            token_ref="env:YOI_RUNTIME_TOKEN_STOLEN",
+            tls_ca_file="/tmp/ca.pem",
+        ),
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    row = Runtime.objects.get(pk=remote_runtime.pk)
+    assert (row.display_name, row.enabled) == ("Renamed", False)
+    assert (row.base_url, row.token_ref, row.tls_ca_file) == ("http://127.0.0.1:38811", f"env:{TOKEN_ENV}", "")
+
+
+def test_without_the_connection_permission_probe_and_list_toggle_still_work(
+    client: Client, remote_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client.force_login(staff_with("view_runtime", "change_runtime"))
+    fake = types.ModuleType("runtimes.health")
+    fake.probe_runtimes = lambda *, runtime_ids, **_: [FakeProbeResult("build-1", "online", "")]  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "runtimes.health", fake)
+    changelist = reverse("admin:runtimes_runtime_changelist")
+    probed = client.post(changelist, {"action": "probe_now", "_selected_action": [remote_runtime.pk]}, follow=True)
+    assert [str(m) for m in probed.context["messages"]] == ["build-1: online in 1.0 ms"]
+
+
+def test_with_the_connection_permission_the_fields_are_editable(client: Client, remote_runtime: Runtime) -> None:
+    client.force_login(staff_with("view_runtime", "change_runtime", "change_runtime_connection"))
+    url = reverse("admin:runtimes_runtime_change", args=[remote_runtime.pk])
+    html = client.get(url).content.decode()
+    for name in AIMING_INPUTS:
+        assert f'name="{name}"' in html, name
+    response = client.post(url, change_form_data(remote_runtime, base_url="http://127.0.0.1:39997"))
+    assert response.status_code == 302
+    assert Runtime.objects.get(pk=remote_runtime.pk).base_url == "http://127.0.0.1:39997"
+
+
+def test_superusers_have_the_connection_permission(admin_client: Client, remote_runtime: Runtime) -> None:
+    html = admin_client.get(reverse("admin:runtimes_runtime_change", args=[remote_runtime.pk])).content.decode()
+    for name in AIMING_INPUTS:
+        assert f'name="{name}"' in html, name
+
+
+def test_adding_a_runtime_needs_the_connection_permission_too(client: Client) -> None:
+    client.force_login(staff_with("view_runtime", "change_runtime", "add_runtime"))
+    add = reverse("admin:runtimes_runtime_add")
+    assert client.get(add).status_code == 403
+    data = {"runtime_id": "new-1", "display_name": "New", "kind": "remote", "base_url": "http://127.0.0.1:1"}
+    assert client.post(add, data).status_code == 403
+    assert not Runtime.objects.filter(runtime_id="new-1").exists()
+    client.force_login(staff_with("view_runtime", "add_runtime", "change_runtime_connection", username="ops2"))
+    assert client.get(add).status_code == 200
+
+
+# -------------------------------------------------------------------------------------- refused where written
+
+
+@pytest.mark.parametrize("key", ["token_ref", "tls_client_key_ref"])
+def test_the_admin_form_refuses_each_ref_with_a_field_error(
+    admin_client: Client, remote_runtime: Runtime, secrets_dir: Path, monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    url = reverse("admin:runtimes_runtime_change", args=[remote_runtime.pk])
+    https = {"base_url": "https://127.0.0.1:38811"}
+    for name, ref in refused_refs(secrets_dir, monkeypatch).items():
+        extra = {key: ref} if key == "token_ref" else {**https, key: ref, "tls_client_cert_file": "/etc/yoi/b.pem"}
+        response = admin_client.post(url, change_form_data(remote_runtime, **extra))
+        assert response.status_code == 200, name
+        errors = response.context["adminform"].form.errors
+        assert key in errors, (name, errors)
+        assert all(ref.partition(":")[2] not in message or ref.endswith("TOKEN_") for message in errors[key]), name
+    row = Runtime.objects.get(pk=remote_runtime.pk)
+    assert (row.token_ref, row.tls_client_key_ref, row.base_url) == (
+        f"env:{TOKEN_ENV}",
+        "",
+        "http://127.0.0.1:38811",
+    )
+
+
+def test_plain_http_to_a_remote_host_is_allowed_only_when_asked_and_badged(
+    admin_client: Client, remote_runtime: Runtime
+) -> None:
+    url = reverse("admin:runtimes_runtime_change", args=[remote_runtime.pk])
+    data = change_form_data(remote_runtime, base_url="http://10.0.0.9:38811", allow_insecure_http="on")
+    assert admin_client.post(url, data).status_code == 302
+    row = Runtime.objects.get(pk=remote_runtime.pk)
+    assert (row.base_url, row.allow_insecure_http) == ("http://10.0.0.9:38811", True)
+    listing = admin_client.get(reverse("admin:runtimes_runtime_changelist")).content.decode()
+    assert "INSECURE http" in listing
+    Runtime.objects.filter(pk=row.pk).update(base_url="https://runtime.example.internal:8443")
+    listing = admin_client.get(reverse("admin:runtimes_runtime_changelist")).content.decode()
+    assert "INSECURE http" not in listing and ">TLS<" in listing

@@ -29,7 +29,7 @@ def remote(**overrides: str) -> str:
     """A remote entry (after one embedded entry) with some keys replaced by raw TOML value text."""
     keys = {
         "base_url": '"http://127.0.0.1:38800"',
-        "token_ref": '"env:YOI_RUNTIME_BUILD_1_TOKEN"',
+        "token_ref": '"env:YOI_RUNTIME_TOKEN_BUILD_1"',
         "connect_timeout": "2.0",
         "read_timeout": "10.0",
         "enabled": "true",
@@ -56,7 +56,7 @@ def test_example_fixture_is_valid() -> None:
     ]
 
 
-def test_valid_file_round_trip_with_defaults_and_extra_keys(tmp_path: Path) -> None:
+def test_valid_file_round_trip_with_defaults_and_extra_keys(tmp_path: Path, secrets_dir: Path) -> None:
     text = """\
 owner = "ops"  # top-level keys beyond [[runtime]] are allowed
 
@@ -65,7 +65,7 @@ runtime_id = "a:b_c-1"
 display_name = "  Padded name  "
 kind = "remote"
 base_url = "https://runtime.example.internal:8443/prefix"
-token_ref = "file:/run/secrets/a"
+token_ref = "file:SECRETS/a"
 connect_timeout = 1
 read_timeout = 300
 enabled = false
@@ -81,14 +81,14 @@ kind = "embedded"
 base_url = ""
 """
     path = tmp_path / "runtimes.toml"
-    path.write_text(text)
+    path.write_text(text.replace("SECRETS", str(secrets_dir)))
     first, second = load_runtime_config(path)
     assert first == RuntimeEntry(
         runtime_id="a:b_c-1",
         display_name="Padded name",
         kind="remote",
         base_url="https://runtime.example.internal:8443/prefix",
-        token_ref="file:/run/secrets/a",
+        token_ref=f"file:{secrets_dir}/a",
         connect_timeout=1.0,
         read_timeout=300.0,
         enabled=False,
@@ -112,7 +112,7 @@ def test_entry_repr_hides_base_url() -> None:
     for text in (repr(entry), str(entry), repr([entry]), repr({"x": (entry,)})):
         assert "127.0.0.1" not in text
         assert "38800" not in text
-        assert "YOI_RUNTIME_BUILD_1_TOKEN" not in text
+        assert "YOI_RUNTIME_TOKEN_BUILD_1" not in text
         assert "base_url=<backend-private>" in text
         assert "build-1" in text
 

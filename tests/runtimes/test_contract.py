@@ -16,22 +16,55 @@ from runtimes.errors import IdempotencyKeyReused, InvalidRequest, RuntimeRejecte
 from runtimes.handles.base import RuntimeHandle
 from runtimes.handles.embedded import EmbeddedRuntimeHandle
 from runtimes.handles.remote import RemoteRuntimeHandle
+from runtimes.registry import RuntimeConnection, build_handle
 from runtimes.types import StreamReset, WorkerEvent, WorkerSpec
 from tests.conftest import RuntimeFactory
+from tests.tls_certs import make_tls
 
 RUNTIME_ID = "contract-rt"
+TLS_TOKEN_ENV = "YOI_RUNTIME_TOKEN_CONTRACT_TLS"
 STREAM_TIMEOUT = 15.0
 
 
-@pytest.fixture(params=["embedded", "remote"])
+@pytest.fixture(params=["embedded", "remote", "remote-mtls"])
 def handle(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RuntimeHandle]:
-    """The handle under contract, over a fresh store."""
+    """The handle under contract, over a fresh store; ``remote-mtls`` is built from a runtime row by the
+    registry's builder, over HTTPS with a client certificate (certificates made by trustme)."""
     if request.param == "embedded":
         embedded = EmbeddedRuntimeHandle(RUNTIME_ID, data_dir=tmp_path / "data")
         yield embedded
         embedded.close()
         return
     factory: RuntimeFactory = request.getfixturevalue("runtime_factory")
+    if request.param == "remote-mtls":
+        secrets_dir: Path = request.getfixturevalue("secrets_dir")
+        monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
+        tls = make_tls(tmp_path / "tls", key_dir=secrets_dir)
+        process = factory(
+            runtime_id=RUNTIME_ID, extra_args=("--ping-interval", "0.5", *tls.runtime_args(mtls=True))
+        )
+        assert process.token is not None and process.base_url.startswith("https://")
+        monkeypatch.setenv(TLS_TOKEN_ENV, process.token)
+        built = build_handle(
+            RuntimeConnection(
+                runtime_id=RUNTIME_ID,
+                display_name="Contract over mTLS",
+                kind="remote",
+                base_url=process.base_url,
+                token_ref=f"env:{TLS_TOKEN_ENV}",
+                connect_timeout=2.0,
+                read_timeout=10.0,
+                enabled=True,
+                group_ids=frozenset(),
+                updated_at=None,
+                tls_ca_file=str(tls.ca_file),
+                tls_client_cert_file=str(tls.client_cert),
+                tls_client_key_ref=f"file:{tls.client_key}",
+            )
+        )
+        yield built
+        built.close()
+        return
     process = factory(runtime_id=RUNTIME_ID)
     token = process.token
     assert token is not None

@@ -28,9 +28,9 @@ from worker_runtime.store import FsStore
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("isolated_data_dir")]
 
-TOKEN_ENV = "YOI_TEST_HEALTH_TOKEN"
+TOKEN_ENV = "YOI_RUNTIME_TOKEN_TEST_HEALTH"
 TOKEN_VALUE = "health-token-71d3e0aa-never-shown"
-UNSET_TOKEN_ENV = "YOI_TEST_HEALTH_UNSET_TOKEN"
+UNSET_TOKEN_ENV = "YOI_RUNTIME_TOKEN_TEST_HEALTH_UNSET"
 SHORT_TIMEOUT = 0.5
 
 

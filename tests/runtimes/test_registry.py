@@ -31,7 +31,7 @@ from tests.runtimes.conftest import Listener
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("isolated_data_dir")]
 
-TOKEN_ENV = "YOI_TEST_REGISTRY_TOKEN"
+TOKEN_ENV = "YOI_RUNTIME_TOKEN_TEST_REGISTRY"
 TOKEN_VALUE = "registry-token-4f0c2a9e-never-shown"
 REBUILD_WAIT = 5.0
 
@@ -165,7 +165,7 @@ CHANGES: dict[str, Callable[[Runtime], None]] = {
     "base_url": lambda row: setattr(row, "base_url", refused_url()),
     "connect_timeout": lambda row: setattr(row, "connect_timeout", 1.5),
     "read_timeout": lambda row: setattr(row, "read_timeout", 7.0),
-    "token_ref": lambda row: setattr(row, "token_ref", "env:YOI_TEST_REGISTRY_OTHER_TOKEN"),
+    "token_ref": lambda row: setattr(row, "token_ref", "env:YOI_RUNTIME_TOKEN_TEST_REGISTRY_OTHER"),
     "kind": lambda row: (setattr(row, "kind", Runtime.Kind.EMBEDDED), setattr(row, "base_url", "")),
 }
 

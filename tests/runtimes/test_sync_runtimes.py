@@ -13,6 +13,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from runtimes.models import AuditEvent, Runtime
+from tests.runtimes.conftest import refused_refs
 
 pytestmark = pytest.mark.django_db
 
@@ -29,7 +30,7 @@ runtime_id = "build-1"
 display_name = "Build host 1"
 kind = "remote"
 base_url = "http://127.0.0.1:38801"
-token_ref = "env:YOI_RUNTIME_BUILD_1_TOKEN"
+token_ref = "env:YOI_RUNTIME_TOKEN_BUILD_1"
 
 [[runtime]]
 runtime_id = "build-2"
@@ -40,6 +41,12 @@ token_ref = "file:/run/secrets/build-2"
 connect_timeout = 1.5
 read_timeout = 30
 """
+
+
+@pytest.fixture(autouse=True)
+def _secrets_dir(settings: Any) -> None:
+    """The file: refs of these files point into /run/secrets (nothing is read: the files need not exist)."""
+    settings.YOI_SECRETS_DIR = Path("/run/secrets")
 
 
 def write(tmp_path: Path, text: str, name: str = "runtimes.toml") -> Path:
@@ -131,7 +138,7 @@ def test_changed_connection_field_updates_and_resets_status_cache(tmp_path: Path
 @pytest.mark.parametrize(
     ("old", "new"),
     [
-        ('token_ref = "env:YOI_RUNTIME_BUILD_1_TOKEN"', 'token_ref = "env:OTHER_TOKEN"'),
+        ('token_ref = "env:YOI_RUNTIME_TOKEN_BUILD_1"', 'token_ref = "env:YOI_RUNTIME_TOKEN_OTHER"'),
         ('base_url = "http://127.0.0.1:38801"', 'base_url = "http://127.0.0.1:38801"\nconnect_timeout = 3.0'),
         ('base_url = "http://127.0.0.1:38801"', 'base_url = "http://127.0.0.1:38801"\nread_timeout = 3.0'),
         ('base_url = "http://127.0.0.1:38801"', 'base_url = "http://127.0.0.1:38801"\nenabled = false'),
@@ -146,12 +153,11 @@ def test_every_connection_field_resets_the_cache(tmp_path: Path, old: str, new: 
 
 def test_kind_change_updates(tmp_path: Path) -> None:
     sync("--file", str(write(tmp_path, BASE)))
-    as_remote = BASE.replace(
-        'kind = "embedded"\n', 'kind = "remote"\nbase_url = "http://127.0.0.1:1"\ntoken_ref = "env:T"\n', 1
-    )
+    remote_keys = 'kind = "remote"\nbase_url = "http://127.0.0.1:1"\ntoken_ref = "env:YOI_RUNTIME_TOKEN_T"\n'
+    as_remote = BASE.replace('kind = "embedded"\n', remote_keys, 1)
     assert "embedded: updated" in sync("--file", str(write(tmp_path, as_remote)))
     row = Runtime.objects.get(runtime_id="embedded")
-    assert (row.kind, row.base_url, row.token_ref) == ("remote", "http://127.0.0.1:1", "env:T")
+    assert (row.kind, row.base_url, row.token_ref) == ("remote", "http://127.0.0.1:1", "env:YOI_RUNTIME_TOKEN_T")
 
 
 def test_prune_disables_missing_runtimes_and_keeps_their_audit_history(tmp_path: Path) -> None:
@@ -267,4 +273,70 @@ def test_runtime_repr_shows_only_the_id(tmp_path: Path) -> None:
     for text in (repr(row), str(row), repr([row]), repr(Runtime.objects.filter(runtime_id="build-1"))):
         assert "build-1" in text
         assert "127.0.0.1" not in text and "38801" not in text
-        assert "YOI_RUNTIME_BUILD_1_TOKEN" not in text
+        assert "YOI_RUNTIME_TOKEN_BUILD_1" not in text
+
+
+# --------------------------------------------------------------------------------------------- confined refs
+
+
+@pytest.mark.parametrize("key", ["token_ref", "tls_client_key_ref"])
+def test_a_refused_ref_fails_the_whole_sync_naming_entry_key_and_line(
+    tmp_path: Path, settings: Any, monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    secrets_dir = (tmp_path / "secrets").resolve()
+    secrets_dir.mkdir()
+    settings.YOI_SECRETS_DIR = secrets_dir
+    base = BASE.replace("/run/secrets", str(secrets_dir))
+    sync("--file", str(write(tmp_path, base)))
+    before = snapshot()
+    for name, ref in refused_refs(secrets_dir, monkeypatch).items():
+        if key == "token_ref":
+            text = base.replace('token_ref = "env:YOI_RUNTIME_TOKEN_BUILD_1"', f'token_ref = "{ref}"')
+            line = 11
+        else:
+            text = base.replace(
+                'base_url = "http://127.0.0.1:38801"',
+                'base_url = "https://127.0.0.1:38801"\ntls_client_cert_file = "/etc/yoi/backend.pem"\n'
+                f'tls_client_key_ref = "{ref}"',
+            )
+            line = 12
+        with pytest.raises(CommandError) as info:
+            sync("--file", str(write(tmp_path, text)))
+        message = str(info.value)
+        assert f"runtime entry 2 (runtime_id 'build-1', line {line}): key '{key}'" in message, (name, message)
+        value = ref.partition(":")[2]
+        assert value == "YOI_RUNTIME_TOKEN_" or value not in message, (name, message)
+        assert snapshot() == before, name
+
+
+def test_tls_keys_sync_and_reset_the_cache(tmp_path: Path) -> None:
+    sync("--file", str(write(tmp_path, BASE)))
+    mark_online("build-1")
+    text = BASE.replace(
+        'base_url = "http://127.0.0.1:38801"',
+        'base_url = "https://127.0.0.1:38801"\ntls_ca_file = "/etc/yoi/ca.pem"\n'
+        'tls_client_cert_file = "/etc/yoi/backend.pem"\ntls_client_key_ref = "file:/run/secrets/backend.key"',
+    )
+    assert "build-1: updated" in sync("--file", str(write(tmp_path, text)))
+    row = Runtime.objects.get(runtime_id="build-1")
+    assert (row.tls_ca_file, row.tls_client_cert_file, row.tls_client_key_ref) == (
+        "/etc/yoi/ca.pem",
+        "/etc/yoi/backend.pem",
+        "file:/run/secrets/backend.key",
+    )
+    assert row.status == Runtime.Status.CONFIGURED
+
+
+def test_plain_http_to_a_remote_host_needs_allow_insecure_http(tmp_path: Path) -> None:
+    remote_http = BASE.replace("http://127.0.0.1:38801", "http://build-1.internal:38801")
+    with pytest.raises(CommandError) as info:
+        sync("--file", str(write(tmp_path, remote_http)))
+    assert "runtime entry 2 (runtime_id 'build-1', line 10): key 'base_url'" in str(info.value)
+    assert "allow_insecure_http" in str(info.value)
+    assert Runtime.objects.count() == 0
+    allowed = remote_http.replace(
+        'base_url = "http://build-1.internal:38801"',
+        'base_url = "http://build-1.internal:38801"\nallow_insecure_http = true',
+    )
+    assert "build-1: created" in sync("--file", str(write(tmp_path, allowed)))
+    assert Runtime.objects.get(runtime_id="build-1").allow_insecure_http is True

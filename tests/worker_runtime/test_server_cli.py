@@ -122,7 +122,7 @@ def test_token_file(tmp_path: Path) -> None:
         assert proc.stdout is not None
         match = READY_RE.match(proc.stdout.readline().rstrip("\n"))
         assert match is not None and "file-token-value" not in match.group(0)
-        url = f"http://127.0.0.1:{match.group(3)}/v1/runtime"
+        url = f"http://127.0.0.1:{match.group(4)}/v1/runtime"
         assert (
             requests.get(url, headers={"Authorization": "Bearer file-token-value"}, timeout=10).status_code == 200
         )

@@ -17,7 +17,7 @@ from tests.backend_process import free_port
 from workers.relay import relay_hub
 from workers.sockets import live_sockets
 
-DEAD_TOKEN_ENV = "YOI_TEST_API_DEAD_RUNTIME_TOKEN"
+DEAD_TOKEN_ENV = "YOI_RUNTIME_TOKEN_TEST_API_DEAD_RUNTIME"
 DEAD_TOKEN_VALUE = "dead-runtime-token-9b1e77c2-never-shown"
 
 

@@ -26,7 +26,7 @@ RESPONSES_DIR = REPO_ROOT / "fixtures" / "responses"
 HOST = "leaky-runtime.invalid"
 PORT = 38999
 BASE_URL = f"http://{HOST}:{PORT}"
-TOKEN_ENV = "YOI_TEST_LEAKY_RUNTIME_TOKEN"
+TOKEN_ENV = "YOI_RUNTIME_TOKEN_TEST_LEAKY_RUNTIME"
 TOKEN = "tok-LEAKCHECK-5d2f9e81a7c4"
 RID = "rt-remote"  # the runtime_id the canned bodies of fixtures/responses report
 WID = "w-0001"  # the worker the canned bodies describe
@@ -135,8 +135,12 @@ def make_remote_row(
     enabled: bool = True,
     connect_timeout: float = 0.5,
     read_timeout: float = 1.0,
+    allow_insecure_http: bool = True,
 ) -> Runtime:
-    """A remote Runtime row; its token (when given) is put in ``token_env`` (the ref is ``env:<token_env>``)."""
+    """A remote Runtime row; its token (when given) is put in ``token_env`` (the ref is ``env:<token_env>``).
+
+    The mocked runtime's host is not loopback, so its plain http:// needs ``allow_insecure_http``.
+    """
     if token is not None:
         monkeypatch.setenv(token_env, token)
     return Runtime.objects.create(
@@ -148,6 +152,7 @@ def make_remote_row(
         enabled=enabled,
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
+        allow_insecure_http=allow_insecure_http,
     )
 
 

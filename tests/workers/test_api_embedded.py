@@ -199,7 +199,7 @@ def test_runtime_list_shape_and_no_address(
     assert [r["runtime_id"] for r in items] == ["dead", "local"]
     for item in items:
         assert set(item) == {"runtime_id", "display_name", "kind", "enabled", "status", "capabilities"}
-        assert set(item["status"]) == {"state", "checked_at", "last_seen_at", "error_code"}
+        assert set(item["status"]) == {"state", "checked_at", "last_seen_at", "error_code", "reason"}
     assert dead_runtime.base_url.encode() not in response.content
     assert b"token" not in response.content.lower()
 

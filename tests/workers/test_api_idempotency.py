@@ -34,7 +34,7 @@ from tests.workers.remote_helpers import (
 
 pytestmark = pytest.mark.django_db
 
-REAL_TOKEN_ENV = "YOI_TEST_IDEMPOTENT_RUNTIME_TOKEN"
+REAL_TOKEN_ENV = "YOI_RUNTIME_TOKEN_TEST_IDEMPOTENT"
 WAIT_SECONDS = 10.0
 FORWARDED_KEY_RE = re.compile(r"yoi-[0-9a-f]{64}")
 

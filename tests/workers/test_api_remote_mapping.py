@@ -335,7 +335,7 @@ def test_rejection_detail_never_echoes_the_runtime_address_or_token(
     mock_route(rsps, ROUTES["input"], body=body, status=409)
     error = expect_error(call(api_client, ROUTES["input"]), 409, "runtime_rejected")
     assert error["message"] == (
-        f"runtime {RID} rejected the command: failed at <url> (peer <redacted>, credential Bearer <redacted>) "
+        f"runtime {RID} rejected the command: failed at <url> (peer <host>, credential Bearer <redacted>) "
         "see <path>"
     )
 

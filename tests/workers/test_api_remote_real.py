@@ -23,7 +23,7 @@ from tests.workers.remote_helpers import Secrets, error_of, make_remote_row, rec
 
 pytestmark = pytest.mark.django_db
 
-TOKEN_ENV = "YOI_TEST_REAL_RUNTIME_TOKEN"
+TOKEN_ENV = "YOI_RUNTIME_TOKEN_TEST_REAL_RUNTIME"
 WAIT_SECONDS = 10.0
 POLL_SECONDS = 0.01
 RuntimeFactory = Callable[..., RuntimeProcess]

@@ -94,6 +94,7 @@ def test_runtime_list_and_detail_shape(api_client: APIClient, services: ServiceS
             "checked_at": "2026-01-02T03:04:05Z",
             "last_seen_at": "2026-01-02T03:04:05Z",
             "error_code": None,
+            "reason": None,
         },
         "capabilities": view.capabilities.to_json(),
     }

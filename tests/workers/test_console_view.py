@@ -15,7 +15,7 @@ from yoi_backend.security import CONTENT_SECURITY_POLICY
 
 pytestmark = pytest.mark.django_db
 
-RUNTIME_TOKEN_ENV = "YOI_TEST_CONSOLE_RUNTIME_TOKEN"
+RUNTIME_TOKEN_ENV = "YOI_RUNTIME_TOKEN_TEST_CONSOLE_RUNTIME"
 RUNTIME_TOKEN = "console-view-token-4f1b9e0c-never-shown"
 RUNTIME_BASE_URL = "http://10.11.12.13:38899/prefix"
 STATIC_FILES = ("workers/console.js", "workers/console.css")

@@ -10,7 +10,6 @@ import pytest
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser, Group, User
-from pytest_django.fixtures import Settings as SettingsWrapper
 
 from runtimes.models import Runtime
 from tests.runtime_process import RuntimeProcess
@@ -32,22 +31,17 @@ from tests.workers.ws_helpers import (
 from workers.relay import relay_hub
 from workers.routing import websocket_urlpatterns
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("quick_relay")]
 
-HIDDEN_TOKEN_ENV = "YOI_TEST_WS_HIDDEN_TOKEN"
+HIDDEN_TOKEN_ENV = "YOI_RUNTIME_TOKEN_TEST_WS_HIDDEN"
 HIDDEN_TOKEN_VALUE = "hidden-runtime-token-5d0c81f4-never-shown"
-WRONG_TOKEN_ENV = "YOI_TEST_WS_WRONG_TOKEN"
+WRONG_TOKEN_ENV = "YOI_RUNTIME_TOKEN_TEST_WS_WRONG"
 WRONG_TOKEN_VALUE = "wrong-token-a61f09e3-never-shown"
 EVENT_KEYS = {"type", "runtime_id", "worker_id", "seq", "event", "data", "ts"}
 ERROR_KEYS = {"code", "message", "retryable", "runtime_id", "worker_id", "fields", "upstream_code"}
 # An echo worker created with an initial input: status, user_message, 4 text_delta, text_done.
 MAX_CLIENT_MESSAGES, MAX_CLIENT_MESSAGE_BYTES = 10, 4096  # the documented defaults
 ECHO_FIRST_ANSWER = ["status", "user_message", "text_delta", "text_delta", "text_delta", "text_delta", "text_done"]
-
-
-@pytest.fixture(autouse=True)
-def relay_cleanup(quick_relay: SettingsWrapper) -> None:
-    """Every test here: fast linger, no cluster mode, nothing left open (tests/workers/conftest.py)."""
 
 
 @pytest.fixture

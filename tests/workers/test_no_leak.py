@@ -27,6 +27,7 @@ import pytest
 import requests
 import responses
 import urllib3
+from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.test import Client
 from django.urls import NoReverseMatch, reverse
@@ -272,8 +273,9 @@ def _env_secret_missing(ctx: Context) -> None:
 
 def _file_secret(content: bytes | None, *, answer: tuple[bytes, int] | None = None) -> Setup:
     def setup(ctx: Context) -> None:
-        path = ctx.tmp_path / "secrets" / "leaky-runtime-token"
+        path = ctx.tmp_path.resolve() / "secrets" / "leaky-runtime-token"
         path.parent.mkdir(parents=True, exist_ok=True)
+        ctx.monkeypatch.setattr(settings, "YOI_SECRETS_DIR", path.parent)
         if content is not None:
             path.write_bytes(content)
         _remote(ctx, token=None, token_ref=f"file:{path}")
@@ -530,7 +532,7 @@ def test_admin_pages_never_show_the_token_value(
     admin_client: Client,
     rsps: responses.RequestsMock,
     monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    secrets_dir: Path,
     caplog: pytest.LogCaptureFixture,
     ref: str,
 ) -> None:
@@ -538,7 +540,7 @@ def test_admin_pages_never_show_the_token_value(
     if ref == "env":
         row = make_remote_row(monkeypatch)
     else:
-        token_file = tmp_path / "token"
+        token_file = secrets_dir / "token"
         token_file.write_text(TOKEN + "\n")
         row = make_remote_row(monkeypatch, token=None, token_ref=f"file:{token_file}")
     rsps.add("GET", upstream("/v1/runtime"), body=canned("runtime_summary.json"))
@@ -582,9 +584,9 @@ def test_admin_pages_never_show_the_token_value(
 
 
 def test_file_ref_sends_the_file_token_and_never_shows_it(
-    api_client: APIClient, rsps: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    api_client: APIClient, rsps: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch, secrets_dir: Path
 ) -> None:
-    token_file = tmp_path / "runtime-token"
+    token_file = secrets_dir / "runtime-token"
     token_file.write_text(TOKEN + "\n")
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     make_remote_row(monkeypatch, token=None, token_ref=f"file:{token_file}")
@@ -613,14 +615,14 @@ def test_missing_secret_is_runtime_auth_failed_naming_neither_variable_nor_path(
     api_client: APIClient,
     rsps: responses.RequestsMock,
     monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    secrets_dir: Path,
     caplog: pytest.LogCaptureFixture,
     ref_kind: str,
     prepare: str | None,
 ) -> None:
     capture_every_logger(caplog)
     monkeypatch.delenv(TOKEN_ENV, raising=False)
-    token_file = tmp_path / "secret-store" / "leaky-runtime-token"
+    token_file = secrets_dir / "secret-store" / "leaky-runtime-token"
     token_file.parent.mkdir()
     if ref_kind == "env":
         if prepare is not None:

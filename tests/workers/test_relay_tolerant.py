@@ -7,7 +7,7 @@ relay resumes after the last seq it delivered, as for any upstream failure.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 import responses
@@ -16,7 +16,6 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 
 from tests.workers.remote_helpers import RID, WID, canned, make_remote_row, mock_runtime, mock_summary, upstream
 from tests.workers.ws_helpers import events_path, open_socket
-from workers.relay import relay_hub
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -34,16 +33,10 @@ SECOND = (
 
 
 @pytest.fixture(autouse=True)
-async def quick_relay(settings: SettingsWrapper) -> AsyncIterator[None]:
-    """Fast reconnects, no cluster mode; every relay closed at the end."""
-    settings.YOI_RELAY_LINGER_SECONDS = 0.2
-    settings.YOI_RELAY_BACKOFF_BASE = 0.01
-    settings.YOI_RELAY_BACKOFF_CAP = 0.05
-    settings.REDIS_URL = ""
-    try:
-        yield
-    finally:
-        relay_hub.reset()
+def fast_reconnects(quick_relay: SettingsWrapper) -> None:
+    """The quick relay of tests/workers/conftest.py, reconnecting at once."""
+    quick_relay.YOI_RELAY_BACKOFF_BASE = 0.01
+    quick_relay.YOI_RELAY_BACKOFF_CAP = 0.05
 
 
 @pytest.fixture

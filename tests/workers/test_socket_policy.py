@@ -32,7 +32,7 @@ from yoi_backend.routing import websocket_urlpatterns as project_patterns
 pytestmark = pytest.mark.django_db(transaction=True)
 
 CLOSE_WITHIN = 5.0
-BLACKHOLE_TOKEN_ENV = "YOI_TEST_WS_BLACKHOLE_TOKEN"
+BLACKHOLE_TOKEN_ENV = "YOI_RUNTIME_TOKEN_TEST_WS_BLACKHOLE"
 
 
 @pytest.fixture(autouse=True)

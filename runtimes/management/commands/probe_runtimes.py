@@ -33,6 +33,7 @@ class Command(BaseCommand):
             self.stdout.write("no runtimes registered")
         for result in results:
             detail = f" {result.error_code}" if result.error_code else ""
+            detail += f" ({result.reason})" if result.reason else ""
             line = f"{result.runtime_id}: {result.state}{detail} ({result.latency_ms:.0f} ms)"
             if result.local:
                 line += " - not probed from this process; its status was left as it was"
