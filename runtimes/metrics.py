@@ -211,7 +211,14 @@ def stream_counts(runtime_id: str) -> StreamCounts:
 
 
 class RuntimeStateCollector:
-    """``yoi_runtime_up`` (from the shared rows) and ``yoi_breaker_state`` (this process), read at scrape."""
+    """``yoi_runtime_up`` (from the shared rows) and ``yoi_breaker_state`` (this process), read at scrape.
+
+    ``breaker_state`` is the registry's (runtimes/registry.py registers the collector): the metrics module
+    depends on nothing that reports to it.
+    """
+
+    def __init__(self, breaker_state: Callable[[str], str]) -> None:
+        self._breaker_state = breaker_state
 
     def describe(self) -> Iterable[Metric]:
         # Describing without collecting: registering the collector must not query the database.
@@ -220,7 +227,6 @@ class RuntimeStateCollector:
 
     def collect(self) -> Iterable[Metric]:
         from runtimes.models import Runtime
-        from runtimes.registry import registry
 
         up = GaugeMetricFamily(
             "yoi_runtime_up",
@@ -242,9 +248,17 @@ class RuntimeStateCollector:
             rows = []
         for runtime_id, status in rows:
             up.add_metric([runtime_id], 1.0 if status == Runtime.Status.ONLINE else 0.0)
-            breaker.add_metric([runtime_id], BREAKER_STATE_VALUES[registry.breaker_state(runtime_id)])
+            breaker.add_metric([runtime_id], BREAKER_STATE_VALUES[self._breaker_state(runtime_id)])
         yield up
         yield breaker
 
 
-REGISTRY.register(RuntimeStateCollector())
+_state_collector: RuntimeStateCollector | None = None
+
+
+def watch_breakers(breaker_state: Callable[[str], str]) -> None:
+    """Export runtime up/breaker state at scrape time, reading breakers through ``breaker_state`` (once)."""
+    global _state_collector
+    if _state_collector is None:
+        _state_collector = RuntimeStateCollector(breaker_state)
+        REGISTRY.register(_state_collector)

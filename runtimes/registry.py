@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from django.conf import settings
 
+from runtimes import metrics
 from runtimes.breaker import CircuitBreaker
 from runtimes.bulkhead import DEFAULT_MAX_IN_FLIGHT, Bulkhead
 from runtimes.errors import (
@@ -343,3 +344,4 @@ class RuntimeRegistry:
 
 
 registry = RuntimeRegistry()
+metrics.watch_breakers(registry.breaker_state)
