@@ -7,22 +7,35 @@ connection fields change, and a disabled runtime gets no handle at all (no upstr
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
 from django.conf import settings
+from django.db import close_old_connections
 
 from runtimes.breaker import CircuitBreaker
-from runtimes.errors import TRANSPORT_FAILURES, RuntimeDisabled, RuntimeNotFound
+from runtimes.errors import (
+    TRANSPORT_FAILURES,
+    RuntimeDisabled,
+    RuntimeNotFound,
+    RuntimeRejected,
+    RuntimeUnsupported,
+    WorkerNotFound,
+    YoiError,
+)
 from runtimes.handles.base import RuntimeHandle
+from runtimes.status import LAST_SEEN_WRITE_INTERVAL, StatusWrite, record_failure, record_online
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+# Errors that are the runtime's own answer: it is up, whatever it said.
+ANSWERED_ERRORS: tuple[type[YoiError], ...] = (WorkerNotFound, RuntimeRejected, RuntimeUnsupported)
 
 
 @dataclass(frozen=True)
@@ -164,27 +177,48 @@ class RuntimeRegistry:
         *,
         guarded: bool = True,
         refresh: bool = True,
+        writes: StatusWriter | None = None,
     ) -> T:
-        """Run ``operation`` on the runtime's handle through its circuit breaker.
+        """THE way to reach a runtime: run ``operation`` on its handle (see ``RuntimeCall``).
 
-        Transport-class failures count against the runtime; any answer from it (even an error) counts for it.
-        ``guarded=False`` (probes) skips the fast-fail but still records the outcome. ``refresh=False`` uses
-        the rows already loaded, so a call from a pool thread never touches the database.
+        ``guarded=False`` (probes) skips the breaker's fast-fail but still records the outcome.
+        ``refresh=False`` uses the rows already loaded and ``writes`` collects the status writes, so that a
+        call from a pool thread never touches the database (the caller applies them).
         """
-        handle = self.get(runtime_id, refresh=refresh)
-        breaker = self.breaker(runtime_id)
-        if guarded:
-            breaker.before_call()
+        call = RuntimeCall(self, runtime_id, guarded=guarded, writes=writes)
+        handle = call.begin(refresh=refresh)
         try:
             result = operation(handle)
-        except TRANSPORT_FAILURES:
-            breaker.record_failure()
+        except BaseException as exc:
+            call.end(exc)
             raise
-        except Exception:
-            breaker.record_success()
-            raise
-        breaker.record_success()
+        call.end(None)
         return result
+
+    async def call_async(
+        self, runtime_id: str, operation: Callable[[RuntimeHandle], Awaitable[T]], *, guarded: bool = True
+    ) -> T:
+        """``call`` for an operation that runs on the event loop (a live event stream's open).
+
+        Rows older than the refresh interval are re-read on a thread first; status writes go to a thread.
+        """
+        if self.rows_stale():
+            await asyncio.to_thread(self.connections)
+        loop = asyncio.get_running_loop()
+        call = RuntimeCall(self, runtime_id, guarded=guarded, writes=lambda write: _write_off_loop(loop, write))
+        handle = call.begin(refresh=False)
+        try:
+            result = await operation(handle)
+        except BaseException as exc:
+            call.end(exc)
+            raise
+        call.end(None)
+        return result
+
+    def rows_stale(self) -> bool:
+        """True when the next ``connections()`` would re-read the rows."""
+        loaded_at = self._loaded_at
+        return loaded_at is None or time.monotonic() - loaded_at >= float(settings.YOI_REGISTRY_REFRESH_SECONDS)
 
     def take_online_mark(self, runtime_id: str, *, interval: float) -> bool:
         """True at most once per ``interval`` per runtime: when a success should be written to its row."""
@@ -230,6 +264,75 @@ class RuntimeRegistry:
             self._online_marked_at.clear()
             self._connections = {}
             self._loaded_at = None
+
+
+StatusWriter = Callable[[StatusWrite], None]
+
+
+def _write_now(write: StatusWrite) -> None:
+    write()
+
+
+def _write_off_loop(loop: asyncio.AbstractEventLoop, write: StatusWrite) -> None:
+    def run() -> None:
+        try:
+            write()
+        except Exception:
+            logger.exception("runtimes.registry.status_write_failed")
+        finally:
+            close_old_connections()
+
+    loop.run_in_executor(None, run)
+
+
+class RuntimeCall:
+    """One call to one runtime, from its start to its outcome: the only owner of the breaker, the row's
+    status marks (and the place for per-runtime in-flight bounds and call metrics).
+
+    A transport-class failure counts against the runtime and marks its row at once; any answer from it
+    (a result, or a refusal such as worker_not_found) counts for it and marks it online, at most once per
+    interval per process. Errors raised before the runtime was reached (unknown, disabled, circuit open,
+    invalid ids) record nothing.
+    """
+
+    def __init__(
+        self, registry: RuntimeRegistry, runtime_id: str, *, guarded: bool, writes: StatusWriter | None
+    ) -> None:
+        self.registry = registry
+        self.runtime_id = runtime_id
+        self.guarded = guarded
+        self._writes = writes or _write_now
+        self._breaker: CircuitBreaker | None = None
+
+    def __repr__(self) -> str:
+        return f"RuntimeCall(runtime_id={self.runtime_id!r})"
+
+    def begin(self, *, refresh: bool) -> RuntimeHandle:
+        """The runtime's handle, once the breaker lets the call through."""
+        handle = self.registry.get(self.runtime_id, refresh=refresh)
+        breaker = self.registry.breaker(self.runtime_id)
+        if self.guarded:
+            breaker.before_call()
+        self._breaker = breaker
+        return handle
+
+    def end(self, exc: BaseException | None) -> None:
+        """Record the outcome: ``None`` for a result, else what the operation raised."""
+        breaker, runtime_id = self._breaker, self.runtime_id
+        assert breaker is not None
+        if isinstance(exc, TRANSPORT_FAILURES):
+            breaker.record_failure()
+            self.registry.forget_online_mark(runtime_id)
+            self._writes(lambda: record_failure(runtime_id, exc))
+            return
+        if exc is not None and not isinstance(exc, Exception):
+            return  # cancelled or interrupted: nothing is known about the runtime
+        if exc is not None and not isinstance(exc, ANSWERED_ERRORS):
+            breaker.record_success()  # not a transport failure: the runtime is not the problem
+            return
+        breaker.record_success()
+        if self.registry.take_online_mark(runtime_id, interval=LAST_SEEN_WRITE_INTERVAL.total_seconds()):
+            self._writes(lambda: record_online(runtime_id))
 
 
 registry = RuntimeRegistry()

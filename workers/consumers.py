@@ -22,13 +22,12 @@ from workers.frames import error_frame
 from workers.relay import Subscriber, relay_hub
 from workers.serializers import id_errors
 from workers.services import worker_get
-from workers.transport import WRITE_HIGH_WATER, direct_writer, pending_write_bytes
+from workers.transport import direct_writer
 
 logger = logging.getLogger(__name__)
 
 ANONYMOUS_CLOSE_CODE = 4401
 MAX_AFTER = 2**53 - 1
-DRAIN_POLL_SECONDS = 0.02
 
 _worker_get = database_sync_to_async(worker_get, thread_sensitive=False)
 
@@ -95,7 +94,8 @@ class WorkerEventsConsumer(AsyncJsonWebsocketConsumer):
         """Send queued frames in order, waiting while the browser's transport is backed up.
 
         With a direct writer the relay writes while the socket keeps up and this task only runs while
-        ``handoff`` is set: it empties the queue through the same writer, then hands delivery back.
+        ``handoff`` is set: it empties the queue through the same writer (waiting for Twisted to say the
+        browser has read what it was sent), then hands delivery back.
         """
         writer = subscriber.writer
         while True:
@@ -113,12 +113,10 @@ class WorkerEventsConsumer(AsyncJsonWebsocketConsumer):
                 await self.close(code=subscriber.close_code or 1000)
                 return
             if writer is None:
-                while (pending_write_bytes(self.base_send) or 0) > WRITE_HIGH_WATER:
-                    await asyncio.sleep(DRAIN_POLL_SECONDS)
                 await self.send(text_data=frame)
             else:
-                while writer.backed_up():
-                    await asyncio.sleep(DRAIN_POLL_SECONDS)
+                if writer.backed_up():
+                    await writer.drained()
                 writer.write(frame)
 
     async def send_error(self, error: YoiError) -> None:
