@@ -699,7 +699,9 @@ class _LiveProtocol(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             # A callback failed (httptools wraps what it raised): the relay's code, not the runtime's answer.
-            logger.error("runtimes.client.stream_callback_failed", exc_info=exc.__context__, extra=self._stream.ids())
+            logger.error(
+                "runtimes.client.stream_callback_failed", exc_info=exc.__context__, extra=self._stream.ids()
+            )
             self._stream.fail(RuntimeBadResponse(**self._stream.ids()))
         except httptools.HttpParserError:
             self._stream.fail(self._stream.bad_response("not_http"))
@@ -831,7 +833,9 @@ class LiveEventStream:
         if protocol.streaming:
             self.lost(None)  # the runtime ended the response: the caller decides what an early end means
             return
-        error = self.client._map_failure(status=protocol.status, body=bytes(protocol.error_body), worker_id=self.worker_id)
+        error = self.client._map_failure(
+            status=protocol.status, body=bytes(protocol.error_body), worker_id=self.worker_id
+        )
         self._fail_head(error)
 
     def body(self, chunk: bytes) -> None:
@@ -860,7 +864,9 @@ class LiveEventStream:
                 # A close-delimited error body ended: map its status.
                 self.message_complete(protocol)
             else:
-                self._fail_head(self.client._map_failure(exc=exc or ConnectionResetError(), worker_id=self.worker_id))
+                self._fail_head(
+                    self.client._map_failure(exc=exc or ConnectionResetError(), worker_id=self.worker_id)
+                )
             return
         if self._done:
             return

@@ -81,6 +81,8 @@ def probe_runtimes(*, runtime_ids: list[str] | None = None) -> list[ProbeResult]
     writes = DeferredWrites()
     with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_PROBES, len(ids)), thread_name_prefix="probe") as pool:
         # The rows were loaded just above: pool threads must not reload them (no database access there).
-        outcomes = list(pool.map(lambda runtime_id: _probe_upstream(runtime_id, refresh=False, writes=writes), ids))
+        outcomes = list(
+            pool.map(lambda runtime_id: _probe_upstream(runtime_id, refresh=False, writes=writes), ids)
+        )
     writes.apply()
     return [_record_probe(runtime_id, *outcome) for runtime_id, outcome in zip(ids, outcomes, strict=True)]

@@ -241,10 +241,6 @@ class SubprocessExecutor:
         self._signal(signal.SIGKILL)
         self._done.wait(FINISH_TIMEOUT)
 
-    def kill_now(self) -> None:
-        """Kill the process group at runtime shutdown without waiting for its events."""
-        self._signal(signal.SIGKILL)
-
 
 def make_executor(sink: WorkerSink, spec: ProfileSpec, worker_id: str, options: dict[str, Any]) -> Executor:
     """The executor for a profile."""

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 from typing import Any
-from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -19,28 +18,16 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from runtimes.errors import InvalidRequest, YoiError
 from runtimes.types import WorkerDetail
 from workers.frames import error_frame
+from workers.ids import id_errors, parse_after
 from workers.relay import Subscriber, relay_hub
-from workers.serializers import id_errors
 from workers.services import worker_get
 from workers.transport import direct_writer
 
 logger = logging.getLogger(__name__)
 
 ANONYMOUS_CLOSE_CODE = 4401
-MAX_AFTER = 2**53 - 1
 
 _worker_get = database_sync_to_async(worker_get, thread_sensitive=False)
-
-
-def parse_after(query_string: bytes) -> int | None:
-    """The ``after`` cursor of the query string (absent = live only); InvalidRequest when malformed."""
-    values = parse_qs(query_string.decode("latin-1")).get("after")
-    if not values:
-        return None
-    raw = values[-1]
-    if not raw.isascii() or not raw.isdigit() or int(raw) > MAX_AFTER:
-        raise InvalidRequest(fields={"after": ["must be an integer >= 0"]})
-    return int(raw)
 
 
 def starting_cursor(after: int | None, worker: WorkerDetail) -> int:

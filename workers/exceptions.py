@@ -24,7 +24,7 @@ from rest_framework.settings import api_settings
 from rest_framework.views import set_rollback
 
 from runtimes.errors import YoiError
-from workers.serializers import path_id_errors, raw_request_path
+from workers.ids import path_id_errors, raw_request_path
 
 logger = logging.getLogger(__name__)
 

@@ -26,11 +26,9 @@ from drf_spectacular.utils import (
 from rest_framework import serializers
 
 from runtimes.errors import YoiError
-from runtimes.types import ID_PATTERN
+from runtimes.types import ID_PATTERN, INPUT_KINDS, INTENT_KINDS
 from workers.exceptions import INTERNAL_ERROR_MESSAGE
 from workers.serializers import (
-    INPUT_KINDS,
-    INTENT_KINDS,
     AckOutputSerializer,
     RuntimeFailureOutputSerializer,
     RuntimeOutputSerializer,

@@ -9,67 +9,26 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote
 
-from django.http import HttpRequest
 from rest_framework import serializers
 from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
-from runtimes.types import WorkerDetail, WorkerSpec, is_valid_id
-
-ID_MESSAGE = "must be 1-120 characters of A-Z a-z 0-9 _ : -"
+from runtimes.types import (
+    INPUT_KINDS,
+    INTENT_KINDS,
+    MAX_JSON_SAFE_INT,
+    MAX_REASON_CHARS,
+    WorkerDetail,
+    WorkerSpec,
+    is_valid_id,
+)
+from workers.ids import ID_MESSAGE
 
 # Bounds checked here so that an oversized body never reaches a runtime (the runtime default is 1 MiB).
 MAX_INPUT_BYTES = 1024 * 1024
 MAX_PROFILE_CHARS = 200
-MAX_REASON_CHARS = 500
 TRANSCRIPT_DEFAULT_LIMIT = 50
 TRANSCRIPT_MAX_LIMIT = 200
-MAX_JSON_SAFE_INT = 2**53 - 1
-INTENT_KINDS = ("assistant", "task", "role")
-INPUT_KINDS = ("user", "system")
-
-
-def id_errors(*, runtime_id: str | None = None, worker_id: str | None = None) -> dict[str, list[str]]:
-    """``{field: [message]}`` for each given id that is not of the §1 alphabet."""
-    given = {"runtime_id": runtime_id, "worker_id": worker_id}
-    return {name: [ID_MESSAGE] for name, value in given.items() if value is not None and not is_valid_id(value)}
-
-
-def raw_request_path(request: HttpRequest) -> str | None:
-    """The path as the client sent it (still percent-encoded), when the server tells us (ASGI raw_path)."""
-    scope = getattr(request, "scope", None)
-    if isinstance(scope, dict) and isinstance(scope.get("raw_path"), bytes):
-        return scope["raw_path"].decode("latin-1")
-    for key in ("RAW_URI", "REQUEST_URI"):
-        value = request.META.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return None
-
-
-def path_id_errors(path: str) -> dict[str, list[str]]:
-    """Check the id segments of ``/api/v1/runtimes/<runtime_id>/workers/<worker_id>/…`` in a path.
-
-    On a raw path this catches ids that decoding would split (``a%2Fb``), which no route can see whole.
-    """
-    parts = path.split("?", 1)[0].split("/")
-    for index in range(len(parts) - 2):
-        if parts[index : index + 3] == ["api", "v1", "runtimes"]:
-            ids = parts[index + 3 :]
-            break
-    else:
-        return {}
-
-    def segment(position: int) -> str | None:
-        # An empty last segment is the trailing slash of a list route, not an empty id.
-        if position >= len(ids) or (position == len(ids) - 1 and ids[position] == ""):
-            return None
-        return unquote(ids[position], errors="replace")
-
-    runtime_id = segment(0)
-    worker_id = segment(2) if len(ids) > 1 and ids[1] == "workers" else None
-    return id_errors(runtime_id=runtime_id, worker_id=worker_id)
 
 
 def _check_input_size(value: str) -> str:

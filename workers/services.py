@@ -18,8 +18,8 @@ from runtimes.errors import YoiError
 from runtimes.handles.base import RuntimeHandle
 from runtimes.models import AuditEvent
 from runtimes.registry import registry
-from runtimes.status import DeferredWrites
 from runtimes.selectors import RequestUser, runtime_is_visible, runtime_require_visible
+from runtimes.status import DeferredWrites
 from runtimes.types import Ack, TranscriptPage, WorkerDetail, WorkerSpec
 
 logger = logging.getLogger(__name__)

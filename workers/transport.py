@@ -113,6 +113,7 @@ class DirectWriter:
         self._out_bytes = 0
         self._waiters: list[asyncio.Future[None]] = []
         self._stopped = False
+        self.previous: Any = None  # the producer the transport had before (see direct_writer)
 
     def __repr__(self) -> str:
         return f"DirectWriter(waiting_bytes={self._out_bytes})"
@@ -136,16 +137,22 @@ class DirectWriter:
                 waiter.set_result(None)
 
     # Twisted's IPushProducer: the transport pauses us when its buffer fills and resumes us once empty.
-    def pauseProducing(self) -> None:  # noqa: N802 - Twisted's interface
+    def pauseProducing(self) -> None:
         """The browser stopped reading for now (Twisted's buffer is full): ``backed_up`` says how far."""
+        if self.previous is not None:
+            self.previous.pauseProducing()
 
-    def resumeProducing(self) -> None:  # noqa: N802 - Twisted's interface
+    def resumeProducing(self) -> None:
         """Twisted wrote out everything it had buffered for this connection."""
+        if self.previous is not None:
+            self.previous.resumeProducing()
         self._wake()
 
-    def stopProducing(self) -> None:  # noqa: N802 - Twisted's interface
+    def stopProducing(self) -> None:
         """The connection is gone."""
         self._stopped = True
+        if self.previous is not None:
+            self.previous.stopProducing()
         self._wake()
 
     def writable(self) -> bool:
@@ -198,13 +205,31 @@ class DirectWriter:
         transport.write(wire)
 
 
+# Which way this process writes frames, logged once each: the process-level guard test reads the log
+# (tests/relay_e2e/test_direct_writes.py), so an upgrade of daphne, Twisted or autobahn that loses the
+# direct path fails a test instead of slowing the relay down silently.
+_reported: set[str] = set()
+
+
+def _report(mode: str, reason: str) -> None:
+    if mode in _reported:
+        return
+    _reported.add(mode)
+    if mode == "direct":
+        logger.info("workers.transport.direct_writes", extra={"reason": reason})
+    else:
+        logger.warning("workers.transport.direct_writes_unavailable", extra={"reason": reason})
+
+
 def direct_writer(send: Callable[..., Any]) -> DirectWriter | None:
     """A DirectWriter for the connection behind ``send`` (call on its event loop), or None when it is not a
-    daphne WebSocket."""
+    daphne WebSocket this module knows how to write to."""
     protocol = _protocol_of(send)
+    if protocol is None:
+        _report("fallback", "not_daphne")
+        return None
     required = (
         "handle_reply",
-        "registerProducer",
         "state",
         "STATE_OPEN",
         "transport",
@@ -213,18 +238,27 @@ def direct_writer(send: Callable[..., Any]) -> DirectWriter | None:
         "autoFragmentSize",
         "_perMessageCompress",
     )
-    if protocol is None or not all(hasattr(protocol, name) for name in required):
-        return None
-    transport = protocol.transport
-    if _buffered_bytes(transport) is None or not hasattr(transport, "socket") or not hasattr(transport, "TLS"):
+    missing = [name for name in required if not hasattr(protocol, name)]
+    transport: Any = getattr(protocol, "transport", None)
+    if not missing and (_buffered_bytes(transport) is None or not hasattr(transport, "socket")):
+        missing = ["transport.buffer"]
+    if not missing:
+        missing = [
+            f"transport.{name}" for name in ("TLS", "producer", "registerProducer") if not hasattr(transport, name)
+        ]
+    if missing:
+        _report("fallback", "missing:" + ",".join(missing))
         return None
     loop = asyncio.get_running_loop()
     turn_flush = _turn_flushes.get(loop)
     if turn_flush is None:
         turn_flush = _turn_flushes[loop] = _TurnFlush(loop)
     writer = DirectWriter(protocol, turn_flush)
-    try:
-        protocol.registerProducer(writer, True)
-    except RuntimeError:
-        return None  # the transport already has a producer: it is not ours to drive
+    # The HTTP channel that accepted the upgrade is still the transport's producer (Twisted's HTTPChannel
+    # registers itself); the writer takes its place and passes every call on to it, so it behaves as before.
+    writer.previous = transport.producer
+    if writer.previous is not None:
+        transport.unregisterProducer()
+    transport.registerProducer(writer, True)
+    _report("direct", "daphne")
     return writer

@@ -20,6 +20,7 @@ from rest_framework.serializers import BaseSerializer
 
 from runtimes.errors import InvalidRequest
 from runtimes.selectors import runtime_get_visible, runtime_list_visible
+from workers.ids import id_errors, path_id_errors, raw_request_path
 from workers.schema import OPERATIONS_RUNTIME, OPERATIONS_RUNTIME_WORKER, OPERATIONS_WORKER
 from workers.serializers import (
     AckOutputSerializer,
@@ -31,9 +32,6 @@ from workers.serializers import (
     WorkerEndInputSerializer,
     WorkerInputInputSerializer,
     WorkerOutputSerializer,
-    id_errors,
-    path_id_errors,
-    raw_request_path,
 )
 from workers.services import (
     worker_cancel,

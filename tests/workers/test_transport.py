@@ -47,6 +47,16 @@ class FakeTransport:
         self.offset = 0
         self._tempDataLen = 0
         self.written: list[bytes] = []
+        self.producer: Any = None
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        if self.producer is not None:
+            raise RuntimeError("a producer is registered")  # as Twisted does
+        assert streaming
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
@@ -66,13 +76,6 @@ class FakeProtocol:
         self.autoFragmentSize = 0
         self._perMessageCompress: Any = None
         self.replies: list[dict[str, Any]] = []
-        self.producer: Any = None
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:  # noqa: N802 - autobahn's name
-        if self.producer is not None:
-            raise RuntimeError("a producer is registered")
-        assert streaming
-        self.producer = producer
 
     def handle_reply(self, message: dict[str, Any]) -> None:
         self.replies.append(message)
@@ -202,10 +205,34 @@ async def test_no_writer_outside_daphne(pair: tuple[socket.socket, socket.socket
     assert direct_writer(functools.partial(server_reply, protocol)) is None
 
 
-async def test_no_writer_when_the_transport_already_has_a_producer(pair: tuple[socket.socket, socket.socket]) -> None:
+class ChannelProducer:
+    """Twisted's HTTPChannel as the transport's producer before the upgrade: it records what it is told."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.calls.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.calls.append("resume")
+
+    def stopProducing(self) -> None:
+        self.calls.append("stop")
+
+
+async def test_the_writer_takes_the_channels_place_as_producer_and_passes_calls_on(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
     protocol = FakeProtocol(FakeTransport(pair[0]))
-    protocol.producer = object()
-    assert direct_writer(functools.partial(server_reply, protocol)) is None
+    channel = ChannelProducer()
+    protocol.transport.producer = channel
+    writer = direct_writer(functools.partial(server_reply, protocol))
+    assert writer is not None and protocol.transport.producer is writer
+    writer.pauseProducing()
+    writer.resumeProducing()
+    writer.stopProducing()
+    assert channel.calls == ["pause", "resume", "stop"]
 
 
 async def test_a_backed_up_writer_is_drained_when_twisted_resumes_it(
@@ -213,7 +240,7 @@ async def test_a_backed_up_writer_is_drained_when_twisted_resumes_it(
 ) -> None:
     server, _ = pair
     writer, protocol = await make_writer(server)
-    assert protocol.producer is writer  # Twisted tells the writer about its buffer
+    assert protocol.transport.producer is writer  # Twisted tells the writer about its buffer
     await asyncio.wait_for(writer.drained(), 1)  # not backed up: at once
     protocol.transport._tempDataLen = WRITE_HIGH_WATER + 1
     waiting = asyncio.ensure_future(writer.drained())

@@ -43,7 +43,7 @@ class FrameQueue(asyncio.Queue[str | None]):
 
     def _get(self) -> str | None:
         # asyncio.Queue's extension point: every get, awaited or not, takes from here.
-        item: str | None = super()._get()  # type: ignore[misc]
+        item: str | None = super()._get()
         if self.qsize() <= self._room_at:
             self._room.set()
         return item
