@@ -612,6 +612,7 @@ class SseDecoder:
         self._event = ""
         self._id: str | None = None
         self._data: list[bytes] = []
+        self._data_bytes = 0
 
     def __repr__(self) -> str:
         return f"SseDecoder(pending={self.pending})"
@@ -619,7 +620,7 @@ class SseDecoder:
     @property
     def pending(self) -> int:
         """Bytes of the event not yet dispatched."""
-        return len(self._tail) + sum(len(part) for part in self._data)
+        return len(self._tail) + self._data_bytes
 
     @property
     def mid_event(self) -> bool:
@@ -646,14 +647,19 @@ class SseDecoder:
         for line in text[:end].split(b"\n"):
             if not line:
                 if self._data:
-                    out.append((self._event or "message", self._id, b"\n".join(self._data)))
-                self._event, self._data = "", []
+                    data = self._data
+                    out.append(
+                        (self._event or "message", self._id, data[0] if len(data) == 1 else b"\n".join(data))
+                    )
+                    self._data, self._data_bytes = [], 0
+                self._event = ""
                 continue
             name, _, value = line.partition(b":")
-            if value.startswith(b" "):
+            if value[:1] == b" ":
                 value = value[1:]
             if name == b"data":
                 self._data.append(value)
+                self._data_bytes += len(value) + 1
             elif name == b"event":
                 self._event = value.decode("utf-8", "replace")
             elif name == b"id" and b"\0" not in value:
@@ -670,7 +676,8 @@ def load_json(raw: bytes) -> Any:
         return json.loads(raw)
 
 
-MessageCallback = Callable[[SseMessage], None]
+# A live stream's event: its name and its data object (the id is the data's seq in this protocol).
+MessageCallback = Callable[[str, dict[str, Any]], None]
 EndCallback = Callable[["YoiError | None"], None]
 
 
@@ -842,7 +849,7 @@ class LiveEventStream:
         if self._done:
             return
         decoder = self._decoder
-        for name, event_id, raw in decoder.feed(chunk):
+        for name, _, raw in decoder.feed(chunk):
             try:
                 data = load_json(raw)
             except (ValueError, RecursionError):
@@ -851,7 +858,7 @@ class LiveEventStream:
             if not isinstance(data, dict):
                 self.fail(self.bad_response("event_not_an_object"))
                 return
-            self._on_message(SseMessage(event=name, id=event_id, data=data))
+            self._on_message(name, data)
             if self._done:
                 return  # the consumer closed the stream from its callback
         if decoder.pending > self.client.max_event_bytes:

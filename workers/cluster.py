@@ -3,10 +3,11 @@
 The relays of one worker in several Backend processes elect a leader with a lease in Redis: redis-py's
 ``Lock`` with a timeout, taken without blocking and renewed by the holder (``reacquire``). The leader
 alone reads the runtime and publishes every event it accepts — in batches, one channel-layer message per
-batch — to the worker's channel-layer group; every other process follows the group and fans out locally. Followers keep trying to take the
-lease, so when the leader dies its lease expires and a follower opens the upstream, resuming after the
-last seq it has. Events may arrive twice (two leaders for a moment) or not at all (the channel layer
-drops under load): the relay's per-browser cursor drops duplicates and repairs gaps from the runtime.
+batch — to the worker's channel-layer group; every other process follows the group and fans out locally.
+Followers keep trying to take the lease, so when the leader dies its lease expires and a follower opens
+the upstream, resuming after the last seq it has. Events may arrive twice (two leaders for a moment) or
+not at all (the channel layer drops under load): the relay's per-browser cursor drops duplicates and
+repairs gaps from the runtime.
 """
 
 from __future__ import annotations

@@ -274,6 +274,28 @@ def _seq(value: Any) -> int | None:
 
 def parse_event(event_name: str, data: Any, *, runtime_id: str, worker_id: str) -> WorkerEvent | StreamReset:
     """One SSE event (its ``event:`` name and ``data:`` object) of ``worker_id``'s stream."""
+    if type(data) is dict and event_name != RESET_EVENT:
+        # The shape every event of a well-behaved runtime has, checked in one pass (the relay's hot path);
+        # anything else takes the field-by-field path below, which says what was wrong.
+        seq, kind, payload, ts = data.get("seq"), data.get("event"), data.get("data"), data.get("ts")
+        reported = data.get("worker_id")
+        if (
+            type(seq) is int
+            and seq >= 1
+            and type(kind) is str
+            and (reported is None or reported == worker_id)
+            and (event_name == kind or event_name in ("", "message"))
+            and (payload is None or type(payload) is dict)
+            and (ts is None or type(ts) is float or type(ts) is int)
+        ):
+            return WorkerEvent(
+                runtime_id,
+                worker_id,
+                seq,
+                kind,
+                dict(payload) if payload else {},
+                None if ts is None else float(ts),
+            )
     r = _Reader(data, runtime_id=runtime_id, worker_id=worker_id, what="event")
     if event_name == RESET_EVENT:
         earliest = _seq(r.body.get("earliest_seq"))

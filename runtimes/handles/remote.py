@@ -18,7 +18,6 @@ from runtimes.client import (
     ClientEventStream,
     LiveEventStream,
     RemoteRuntimeClient,
-    SseMessage,
 )
 from runtimes.errors import TRANSPORT_FAILURES, RuntimeUnreachable, YoiError
 from runtimes.handles.base import EventSink
@@ -99,9 +98,9 @@ class RemoteLiveEvents:
     def __repr__(self) -> str:
         return f"RemoteLiveEvents(runtime_id={self.runtime_id!r}, worker_id={self.worker_id!r})"
 
-    def _message(self, message: SseMessage) -> None:
+    def _message(self, name: str, data: dict[str, Any]) -> None:
         try:
-            item = parse_event(message.event, message.data, runtime_id=self.runtime_id, worker_id=self.worker_id)
+            item = parse_event(name, data, runtime_id=self.runtime_id, worker_id=self.worker_id)
         except YoiError as error:
             self.stream.fail(error)
             return

@@ -176,7 +176,7 @@ class WorkerRelay:
         """Take one event (from the upstream, or from the cluster's leader) and feed every subscriber."""
         if self._closed:
             return
-        if self.state == UpstreamState.CONNECTING:
+        if self.state is UpstreamState.CONNECTING:
             self.upstream_state(UpstreamState.CONNECTED, None, None)  # a follower learns it from an event
         logged = self.log.append(seq, frame, kind)
         if logged is None:

@@ -225,7 +225,8 @@ class Upstream:
         if self._held is not None:
             self._held.append(item)
             return
-        self._connected()  # items may come with the response head, before the open returned
+        if self.state is not UpstreamState.CONNECTED:
+            self._connected()  # items may come with the response head, before the open returned
         self.failures = 0  # the upstream delivers: whatever failed before is over
         self.owner.upstream_item(item)
         self._turn_items += 1
