@@ -30,7 +30,6 @@ from bench.common import (
     Backend,
     BenchOptions,
     Processes,
-    RemoteSpec,
     RuntimeProc,
     StreamTally,
     Target,
@@ -43,8 +42,7 @@ from bench.common import (
     open_watchers,
     ratio,
     self_cpu_seconds,
-    start_backend,
-    start_runtime,
+    start_runtime_and_backend,
     summarize,
     wait_all,
 )
@@ -132,6 +130,12 @@ def _parallel(calls: list[Any], fn: Any) -> list[Any]:
         return list(pool.map(fn, calls))
 
 
+async def _streams_settle(rt: RuntimeProc, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while await asyncio.to_thread(rt.streams_open) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+
+
 def _final_seq(tally: StreamTally) -> int:
     return tally.last_seq
 
@@ -140,6 +144,8 @@ async def _scenario(
     rt: RuntimeProc, backend: Backend, *, workers: int, rate: float, duration: float
 ) -> dict[str, Any]:
     count = max(1, int(rate * duration))
+    # The previous scenario's relays must have closed (their linger), so that every stream counted is new.
+    await _streams_settle(rt, timeout=30)
     log(f"many_workers: {workers} workers x {rate:g} ev/s x {count} events: creating workers")
     options = {"count": count, "rate": rate}
 
@@ -187,6 +193,8 @@ async def _scenario(
             threads_max = max(threads_max, thread_count(pid))
             streams_samples.append(await asyncio.to_thread(rt.streams_open))
         all_done.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await all_done
         await sender
         elapsed = time.monotonic() - t0
         cpu1, client1, rt1 = cpu_seconds(pid), self_cpu_seconds(), cpu_seconds(rt.child.pid)
@@ -267,13 +275,7 @@ def _targets(scenario: dict[str, Any]) -> list[Target]:
 
 def run(options: BenchOptions, procs: Processes) -> tuple[dict[str, Any], str]:
     """Start a runtime and a Backend, then run every scenario."""
-    rt = start_runtime(procs, options.workdir, runtime_id=RUNTIME_ID)
-    backend = start_backend(
-        procs,
-        options.workdir,
-        runtimes=[RemoteSpec(RUNTIME_ID, rt.base_url, TOKEN_ENV)],
-        tokens={TOKEN_ENV: rt.token},
-    )
+    rt, backend = start_runtime_and_backend(procs, options.workdir, runtime_id=RUNTIME_ID, token_env=TOKEN_ENV)
     with contextlib.suppress(ImportError):
         import uvloop  # the load generator's own cost matters on two cores: the lighter loop
 
@@ -290,18 +292,21 @@ def run(options: BenchOptions, procs: Processes) -> tuple[dict[str, Any], str]:
             f"(ratio {fmt(ratio(b['p99'], d['p99']))}), lost {s['backend']['lost']}, "
             f"dup {s['backend']['duplicates']}, upstreams/worker {fmt(s['upstreams_per_worker'])}"
         )
-    result["headline"] = {
-        f"{s['workers']}x{s['rate_per_worker']:g}": {
-            "cpu_us_per_event": s["backend_cpu_us_per_event"],
-            "threads": s["backend_threads_max"],
-            "p50_ms": s["backend"]["latency_ms"]["p50"],
-            "p99_ms": s["backend"]["latency_ms"]["p99"],
-            "direct_p99_ms": s["direct"]["latency_ms"]["p99"],
-            "p99_ratio": ratio(s["backend"]["latency_ms"]["p99"], s["direct"]["latency_ms"]["p99"]),
-            "lost": s["backend"]["lost"],
-        }
-        for s in result["scenarios"]
-    }
+    result["headline"] = {}
+    for s in result["scenarios"]:
+        name = f"{s['workers']}x{s['rate_per_worker']:g}"
+        b, d = s["backend"]["latency_ms"], s["direct"]["latency_ms"]
+        result["headline"].update(
+            {
+                f"{name} cpu us/event": s["backend_cpu_us_per_event"],
+                f"{name} threads": s["backend_threads_max"],
+                f"{name} p50 ms": b["p50"],
+                f"{name} p99 ms": b["p99"],
+                f"{name} direct p99 ms": d["p99"],
+                f"{name} p99 ratio": ratio(b["p99"], d["p99"]),
+                f"{name} lost": s["backend"]["lost"],
+            }
+        )
     line = "many_workers: " + "; ".join(parts) + " " + " ".join(t.tag() for t in targets)
     return result, line
 
