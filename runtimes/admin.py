@@ -13,6 +13,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
+from runtimes.health import probe_runtimes
 from runtimes.models import CONNECTION_FIELDS, STATUS_CACHE_FIELDS, AuditEvent, Runtime
 from runtimes.types import Capabilities
 
@@ -101,9 +102,6 @@ class RuntimeAdmin(admin.ModelAdmin):
     @admin.action(description="Probe selected runtimes now")
     def probe_now(self, request: HttpRequest, queryset: QuerySet[Runtime]) -> None:
         """Probe the selected runtimes (refreshing their status cache) and report each one's state."""
-        # Imported here: the health code pulls in the registry and handles, which the admin does not need.
-        from runtimes.health import probe_runtimes
-
         runtime_ids = sorted(queryset.values_list("runtime_id", flat=True))
         for result in probe_runtimes(runtime_ids=runtime_ids):
             text = f"{result.runtime_id}: {result.state}" + (

@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from runtimes.breaker import CircuitBreaker
+from runtimes.client import RemoteRuntimeClient
 from runtimes.errors import (
     TRANSPORT_FAILURES,
     RuntimeDisabled,
@@ -30,6 +31,10 @@ from runtimes.errors import (
     YoiError,
 )
 from runtimes.handles.base import RuntimeHandle
+from runtimes.handles.embedded import EmbeddedRuntimeHandle
+from runtimes.handles.remote import RemoteRuntimeHandle
+from runtimes.models import Runtime
+from runtimes.secrets import resolve_token
 from runtimes.status import LAST_SEEN_WRITE_INTERVAL, StatusWrite, record_failure, record_online
 
 logger = logging.getLogger(__name__)
@@ -64,8 +69,6 @@ class RuntimeConnection:
 
 def load_connections() -> dict[str, RuntimeConnection]:
     """Read every runtime row (one query for rows, one for group memberships)."""
-    from runtimes.models import Runtime
-
     groups: dict[int, set[int]] = {}
     for runtime_pk, group_id in Runtime.groups.through.objects.values_list("runtime_id", "group_id"):
         groups.setdefault(runtime_pk, set()).add(group_id)
@@ -89,13 +92,7 @@ def load_connections() -> dict[str, RuntimeConnection]:
 def build_handle(connection: RuntimeConnection) -> RuntimeHandle:
     """Make the handle for a row: the embedded core in-process, or a remote client."""
     if connection.kind == "embedded":
-        from runtimes.handles.embedded import EmbeddedRuntimeHandle
-
         return EmbeddedRuntimeHandle(connection.runtime_id, data_dir=settings.YOI_DATA_DIR)
-    from runtimes.client import RemoteRuntimeClient
-    from runtimes.handles.remote import RemoteRuntimeHandle
-    from runtimes.secrets import resolve_token
-
     runtime_id, token_ref = connection.runtime_id, connection.token_ref
     client = RemoteRuntimeClient(
         runtime_id=runtime_id,
@@ -203,7 +200,7 @@ class RuntimeRegistry:
         Rows older than the refresh interval are re-read on a thread first; status writes go to a thread.
         """
         if self.rows_stale():
-            await asyncio.to_thread(self.connections)
+            await asyncio.to_thread(self._refresh_rows)
         loop = asyncio.get_running_loop()
         call = RuntimeCall(self, runtime_id, guarded=guarded, writes=lambda write: _write_off_loop(loop, write))
         handle = call.begin(refresh=False)
@@ -214,6 +211,12 @@ class RuntimeRegistry:
             raise
         call.end(None)
         return result
+
+    def _refresh_rows(self) -> None:
+        try:
+            self.connections()
+        finally:
+            close_old_connections()
 
     def rows_stale(self) -> bool:
         """True when the next ``connections()`` would re-read the rows."""

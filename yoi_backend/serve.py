@@ -22,6 +22,8 @@ from daphne.server import Server  # isort:skip
 from daphne.cli import CommandLineInterface  # isort:skip
 from twisted.internet import reactor as _reactor  # isort:skip
 
+from yoi_backend import lifecycle  # isort:skip
+
 # Twisted's reactor is typed by its zope interfaces, which mypy reads as unbound methods.
 reactor: Any = _reactor
 
@@ -59,8 +61,6 @@ class BackendServer(Server):
 
     def graceful_stop(self) -> None:
         """First signal: drain, then stop. Second signal: stop now."""
-        from yoi_backend import lifecycle
-
         if self._stopping_since is not None:
             self.stop()
             return
@@ -69,8 +69,6 @@ class BackendServer(Server):
         reactor.callLater(_seconds("YOI_DRAIN_DELAY_SECONDS", DEFAULT_DRAIN_DELAY), self._close_connections)
 
     def _close_connections(self) -> None:
-        from yoi_backend import lifecycle
-
         lifecycle.run_drain_hooks()
         self._grace_deadline = time.monotonic() + _seconds("YOI_DRAIN_GRACE_SECONDS", DEFAULT_DRAIN_GRACE)
         self._stop_when_idle()

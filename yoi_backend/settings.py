@@ -74,7 +74,7 @@ YOI_REGISTRY_REFRESH_SECONDS = env_float("YOI_REGISTRY_REFRESH_SECONDS", 2.0)
 # Threads serving HTTP requests (yoi_backend/handler.py). A request holds its thread while it waits on a
 # runtime, so this bounds how many requests can wait at once; each thread keeps one database connection.
 YOI_HTTP_THREADS = int(env_float("YOI_HTTP_THREADS", 128))
-# The event relay (workers/relay.py): how long an upstream outlives its last browser, how many frames a
+# The event relay (workers/relay/): how long an upstream outlives its last browser, how many frames a
 # browser may have queued before it is sent a reset, the per-worker replay buffer, and reconnect backoff.
 YOI_RELAY_LINGER_SECONDS = env_float("YOI_RELAY_LINGER_SECONDS", 2.0)
 YOI_RELAY_SUBSCRIBER_FRAMES = int(env_float("YOI_RELAY_SUBSCRIBER_FRAMES", 2048))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,9 +175,7 @@ def test_probe_now_action_reports_one_line_per_runtime(
             FakeProbeResult("embedded", "online", ""),
         ]
 
-    fake = types.ModuleType("runtimes.health")
-    fake.probe_runtimes = probe_runtimes  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "runtimes.health", fake)
+    monkeypatch.setattr("runtimes.admin.probe_runtimes", probe_runtimes)
 
     pks = list(Runtime.objects.values_list("pk", flat=True))
     response = admin_client.post(

@@ -23,17 +23,7 @@ from runtimes.errors import (
     WorkerNotFound,
     YoiError,
 )
-from tests.runtimes.test_client import (  # the socket server and client fixtures of the blocking tests
-    EVENT_1,
-    HALF_EVENT_2,
-    SSE_HEADERS,
-    TOKEN,
-    WID,
-    Handler,
-    TestServer,
-    make_client,  # noqa: F401
-    serve,  # noqa: F401
-)
+from tests.runtimes.socket_server import EVENT_1, HALF_EVENT_2, SSE_HEADERS, TOKEN, WID, Handler, TestServer
 
 
 class Sink:
