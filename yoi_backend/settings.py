@@ -237,7 +237,7 @@ SPECTACULAR_SETTINGS = {
     "SCHEMA_PATH_PREFIX": r"/api/v1",
     "ENUM_NAME_OVERRIDES": {
         "ErrorCodeEnum": "workers.schema.ERROR_CODE_CHOICES",
-        "RuntimeStateEnum": "workers.schema.RUNTIME_STATES",
+        "RuntimeStateEnum": "workers.serializers.RUNTIME_STATES",
     },
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     # Each operation lists these two (from REST_FRAMEWORK's authentication classes); defined here to say how.
