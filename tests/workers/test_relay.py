@@ -629,3 +629,24 @@ async def test_a_subscriber_far_behind_is_repaired_in_steps_without_a_reset(
     fake.emit()
     for subscriber in (live, behind):
         assert seqs(await subscriber_frames_until(subscriber, has_seq(501))) == [501]
+
+
+async def test_watched_workers_cost_no_thread_each(embedded_runtime: Runtime) -> None:
+    """Every upstream is read on the event loop: watching 30 workers starts no thread per worker."""
+    handle = await runtime_handle()
+    ids = [f"many-{i}" for i in range(30)]
+    for worker_id in ids:
+        await create_worker(handle, worker_id, profile="builtin:burst", initial_input=None, options={"count": 3})
+    before = {thread.ident for thread in threading.enumerate()}
+    subscribers = [relay_hub.subscribe("local", worker_id, after=0) for worker_id in ids]
+    for worker_id in ids:
+        await send_input(handle, worker_id, "go")
+    for subscriber in subscribers:
+        assert seqs(await subscriber_frames_until(subscriber, is_event("run_end")))[-1] >= 4
+    assert len(list(relay_hub.relays())) == 30
+    assert all(relay.upstreams_opened == 1 for relay in relay_hub.relays())
+    started = [thread.name for thread in threading.enumerate() if thread.ident not in before]
+    # Opening an embedded stream takes one hop to asyncio's default executor (a bounded pool, reused); the
+    # rest are the runtime's own burst executors: no thread is a relay's.
+    relay_threads = [name for name in started if not name.startswith(("asyncio_", "worker-run"))]
+    assert relay_threads == [], started

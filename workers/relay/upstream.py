@@ -156,6 +156,7 @@ class Upstream:
     def stop(self) -> None:
         """Close the stream and end the task; nothing more is delivered."""
         self.current = None
+        self._live = None
         self._held = None
         if self._task is not None:
             self._task.cancel()
@@ -210,11 +211,11 @@ class Upstream:
         finally:
             if live is not None:
                 live.close()
-            if self.current is connection:
+            if self.current is connection:  # not replaced meanwhile (stop, then a new start)
                 self.current = None
-            self._live = None
-            self._held = None
-            self._held_done = None
+                self._live = None
+                self._held = None
+                self._held_done = None
             loop = asyncio.get_running_loop()
             if self._connected_at is not None and loop.time() - self._connected_at >= STABLE_CONNECTION:
                 self.failures = 0  # it was up for a good while: this is a fresh drop, not a failing runtime
