@@ -16,21 +16,15 @@ import logging
 from collections import deque
 from collections.abc import Iterable
 
-from django.conf import settings
-
 from runtimes.errors import YoiError
 from runtimes.types import StreamReset
 from workers.cluster import ClusterLink, cluster_enabled
 from workers.frames import error_frame, event_frame, state_frame
 from workers.relay.replay import Logged, ReplayLog
 from workers.relay.subscriber import FrameWriter, Subscriber
-from workers.relay.upstream import Item, Upstream, UpstreamState
+from workers.relay.upstream import Item, Upstream, UpstreamState, relay_setting
 
 logger = logging.getLogger(__name__)
-
-
-def _setting(name: str, default: float) -> float:
-    return float(getattr(settings, name, default))
 
 
 class WorkerRelay:
@@ -43,7 +37,7 @@ class WorkerRelay:
         self.worker_id = worker_id
         self.hub = hub
         self.loop = loop
-        self.log = ReplayLog(last_seq=last_seq, capacity=int(_setting("YOI_RELAY_BUFFER_EVENTS", 4096)))
+        self.log = ReplayLog(last_seq=last_seq, capacity=int(relay_setting("YOI_RELAY_BUFFER_EVENTS", 4096)))
         self.upstream = Upstream(self, runtime_id, worker_id)
         self.subscribers: set[Subscriber] = set()
         # What browsers were last told of the upstream (a follower's is the cluster leader's).
@@ -103,7 +97,7 @@ class WorkerRelay:
             return
         self.subscribers.discard(subscriber)
         if not self.subscribers and not self._closed and self._linger is None:
-            self._linger = self.loop.call_later(_setting("YOI_RELAY_LINGER_SECONDS", 2.0), self.close)
+            self._linger = self.loop.call_later(relay_setting("YOI_RELAY_LINGER_SECONDS", 2.0), self.close)
 
     def _feed(self, subscriber: Subscriber, logged: Logged) -> None:
         if subscriber.catching_up or subscriber.closed or logged.seq < subscriber.next_seq:
@@ -266,7 +260,7 @@ class RelayHub:
                     stale.close()
             self._relays.clear()
             self._loop = loop
-        max_frames = int(_setting("YOI_RELAY_SUBSCRIBER_FRAMES", 2048))
+        max_frames = int(relay_setting("YOI_RELAY_SUBSCRIBER_FRAMES", 2048))
         subscriber = Subscriber(runtime_id, worker_id, after=after, max_frames=max_frames, writer=writer)
         key = (runtime_id, worker_id)
         relay = self._relays.get(key)

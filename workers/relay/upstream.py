@@ -74,7 +74,8 @@ class UpstreamOwner(Protocol):
     def upstream_failed(self, error: YoiError) -> None: ...
 
 
-def _setting(name: str, default: float) -> float:
+def relay_setting(name: str, default: float) -> float:
+    """A ``YOI_RELAY_*`` setting (read when used: tests and operators change them at run time)."""
     return float(getattr(settings, name, default))
 
 
@@ -134,7 +135,7 @@ class Upstream:
         self._task: asyncio.Task[None] | None = None
         self._connected_at: float | None = None
         self._live: LiveEvents | None = None
-        frames = int(_setting("YOI_RELAY_SUBSCRIBER_FRAMES", 2048))
+        frames = int(relay_setting("YOI_RELAY_SUBSCRIBER_FRAMES", 2048))
         self._turn_budget = max(1, min(MAX_ITEMS_PER_TURN, frames // 8))
         self._turn_items = 0
         self._held: deque[Item] | None = None  # items past this turn's budget, handed over next turn
@@ -266,8 +267,8 @@ class Upstream:
         self.owner.upstream_state(state, reason, retry_in)
 
     def _backoff(self, error: YoiError | None) -> float:
-        base = _setting("YOI_RELAY_BACKOFF_BASE", 0.5)
-        cap = _setting("YOI_RELAY_BACKOFF_CAP", 15.0)
+        base = relay_setting("YOI_RELAY_BACKOFF_BASE", 0.5)
+        cap = relay_setting("YOI_RELAY_BACKOFF_CAP", 15.0)
         ceiling = min(cap, base * 2 ** (self.failures - 1))
         delay = random.uniform(ceiling / 2, ceiling)
         retry_after = getattr(error, "retry_after", None)
