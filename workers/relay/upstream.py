@@ -41,10 +41,12 @@ UNAVAILABLE_AFTER = 3
 STABLE_CONNECTION = 10.0
 # A catch-up stream that has not reached its end by then is given up (its browser is told a reset).
 CATCH_UP_TIMEOUT = 30.0
-# Items one loop turn hands to the relay, at most (and at most an eighth of a browser's queue): past it the
+# Items one loop turn hands to the relay, at most (and at most a sixteenth of a browser's queue): past it the
 # stream is paused and the rest handed over in later turns, so that the browsers' sockets are written in
 # between. Without a bound one read of a fast runtime (hundreds of kilobytes) becomes one loop turn of
 # thousands of events, and even browsers that keep up overflow their queues and get a slow_consumer reset.
+# The bound also paces a burst to what browsers that read as fast as they can take: at an eighth of a small
+# queue (200 frames), a 50,000-event burst outran two Python readers in the slow-reader test now and then.
 MAX_ITEMS_PER_TURN = 256
 
 Item = WorkerEvent | StreamReset
@@ -136,7 +138,7 @@ class Upstream:
         self._connected_at: float | None = None
         self._live: LiveEvents | None = None
         frames = int(relay_setting("YOI_RELAY_SUBSCRIBER_FRAMES", 2048))
-        self._turn_budget = max(1, min(MAX_ITEMS_PER_TURN, frames // 8))
+        self._turn_budget = max(1, min(MAX_ITEMS_PER_TURN, frames // 16))
         self._turn_items = 0
         self._held: deque[Item] | None = None  # items past this turn's budget, handed over next turn
         self._held_done: asyncio.Future[None] | None = None
