@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 
 from runtimes.errors import YoiError
 from runtimes.types import StreamReset
@@ -157,6 +157,34 @@ class WorkerRelay:
         self._broadcast(frame)
         if self.cluster is not None:
             self.cluster.publish_state(frame)
+
+    def behind(self) -> Awaitable[None] | None:
+        """Something to wait for before the next turn of a burst, while a browser that has kept up so far has
+        more than half its queue waiting (a reader momentarily slower than the runtime), else None.
+
+        Each browser may hold the burst back for ``HOLD_SECONDS`` in all; past that it is treated as slow
+        (its queue fills and it gets a reset), so a browser that stopped reading delays the others once and
+        briefly, never for good.
+        """
+        lagging = [
+            subscriber
+            for subscriber in self.subscribers
+            if subscriber.hold_left > 0
+            and not (subscriber.resets or subscriber.closed or subscriber.catching_up)
+            and subscriber.queue.qsize() > subscriber.max_frames // 2
+        ]
+        return self._hold_for(lagging) if lagging else None
+
+    async def _hold_for(self, lagging: list[Subscriber]) -> None:
+        loop = self.loop
+        for subscriber in lagging:
+            if subscriber.hold_left <= 0 or subscriber.closed:
+                continue
+            started = loop.time()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(subscriber.hold_left):
+                    await subscriber.queue.room(subscriber.max_frames // 4)
+            subscriber.hold_left -= loop.time() - started
 
     def upstream_failed(self, error: YoiError) -> None:
         """Retrying cannot help: every browser gets the error and its socket closes."""

@@ -18,6 +18,10 @@ from workers.frames import reset_frame
 
 logger = logging.getLogger(__name__)
 
+# How long, over a browser's whole subscription, the relay may hold a burst back for it while it catches up
+# (see WorkerRelay.behind); a browser that needs more is slow: its queue fills and it gets a reset.
+HOLD_SECONDS = 1.0
+
 
 class FrameWriter(Protocol):
     """Writes frames to a browser's socket without an ``await`` (see workers.transport.DirectWriter)."""
@@ -74,6 +78,7 @@ class Subscriber:
         self.closed = False
         self.close_code: int | None = None
         self.resets = 0
+        self.hold_left = HOLD_SECONDS
 
     def __repr__(self) -> str:
         return (

@@ -15,6 +15,7 @@ import enum
 import logging
 import random
 from collections import deque
+from collections.abc import Awaitable
 from typing import Protocol
 
 from django.conf import settings
@@ -74,6 +75,8 @@ class UpstreamOwner(Protocol):
     def upstream_state(self, state: UpstreamState, reason: str | None, retry_in: float | None) -> None: ...
 
     def upstream_failed(self, error: YoiError) -> None: ...
+
+    def behind(self) -> Awaitable[None] | None: ...
 
 
 def relay_setting(name: str, default: float) -> float:
@@ -142,6 +145,7 @@ class Upstream:
         self._turn_items = 0
         self._held: deque[Item] | None = None  # items past this turn's budget, handed over next turn
         self._held_done: asyncio.Future[None] | None = None
+        self._turn_task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"Upstream(runtime_id={self.runtime_id!r}, worker_id={self.worker_id!r}, state={self.state!r})"
@@ -161,6 +165,9 @@ class Upstream:
         self.current = None
         self._live = None
         self._held = None
+        if self._turn_task is not None:
+            self._turn_task.cancel()
+            self._turn_task = None
         if self._task is not None:
             self._task.cancel()
             self._task = None
@@ -238,7 +245,20 @@ class Upstream:
             self._held = deque()
             if self._live is not None:
                 self._live.pause_reading()
+            self._schedule_next_turn()
+
+    def _schedule_next_turn(self) -> None:
+        # The next turn's items wait while a browser that has kept up so far is behind (see WorkerRelay.behind):
+        # a burst is paced by the browsers that read it, not by how fast this process can parse it.
+        waiting = self.owner.behind()
+        if waiting is None:
             asyncio.get_running_loop().call_soon(self._next_turn)
+        else:
+            self._turn_task = asyncio.get_running_loop().create_task(self._next_turn_after(waiting))
+
+    async def _next_turn_after(self, waiting: Awaitable[None]) -> None:
+        await waiting
+        self._next_turn()
 
     def _next_turn(self) -> None:
         held = self._held
@@ -249,7 +269,7 @@ class Upstream:
             self._turn_items += 1
             self.owner.upstream_item(held.popleft())
         if held:
-            asyncio.get_running_loop().call_soon(self._next_turn)
+            self._schedule_next_turn()
             return
         self._held = None
         if self._live is not None:
