@@ -27,7 +27,7 @@ from typing import Any
 
 from bench.common import CACHE_ENV, PY, REPO_ROOT, exit_on_sigterm, machine, raise_fd_limit
 
-BENCHES = ("proxy", "relay", "redaction", "fanout", "registry", "isolation")
+BENCHES = ("proxy", "relay", "redaction", "many_workers", "fanout", "registry", "isolation")
 SCRIPT_TIMEOUT = 900.0
 
 

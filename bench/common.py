@@ -470,6 +470,17 @@ def start_backend(
     return Backend(base_url=base_url, child=child, env=env, session_id=session_id, csrf_token=csrf)
 
 
+def start_runtime_and_backend(
+    procs: Processes, workdir: Path, *, runtime_id: str, token_env: str
+) -> tuple[RuntimeProc, Backend]:
+    """One reference runtime (memory store) and a Backend that has it registered as a remote runtime."""
+    rt = start_runtime(procs, workdir, runtime_id=runtime_id)
+    backend = start_backend(
+        procs, workdir, runtimes=[RemoteSpec(runtime_id, rt.base_url, token_env)], tokens={token_env: rt.token}
+    )
+    return rt, backend
+
+
 def start_daphne(procs: Processes, app: str, *, env: dict[str, str], name: str) -> tuple[Child, str]:
     """Run ``python -m daphne`` on a free port (retrying a port race); wait until it answers HTTP."""
     for _attempt in range(3):

@@ -31,7 +31,6 @@ from bench.common import (
     Backend,
     BenchOptions,
     Processes,
-    RemoteSpec,
     RuntimeProc,
     Target,
     WsWatcher,
@@ -43,9 +42,8 @@ from bench.common import (
     open_watchers,
     ratio,
     self_cpu_seconds,
-    start_backend,
     start_daphne,
-    start_runtime,
+    start_runtime_and_backend,
     summarize,
     wait_all,
 )
@@ -286,13 +284,7 @@ async def _measure(options: BenchOptions, procs: Processes, rt: RuntimeProc, bac
 
 def run(options: BenchOptions, procs: Processes) -> tuple[dict[str, Any], str]:
     """Start a runtime and a Backend, run the scenarios, then the saturation runs."""
-    rt = start_runtime(procs, options.workdir, runtime_id=RUNTIME_ID)
-    backend = start_backend(
-        procs,
-        options.workdir,
-        runtimes=[RemoteSpec(RUNTIME_ID, rt.base_url, TOKEN_ENV)],
-        tokens={TOKEN_ENV: rt.token},
-    )
+    rt, backend = start_runtime_and_backend(procs, options.workdir, runtime_id=RUNTIME_ID, token_env=TOKEN_ENV)
     result = asyncio.run(_measure(options, procs, rt, backend))
     sc, sat = result["scenarios"], result["saturation"]
     k1000_10, k100_100 = sc["1000c@10"], sc["100c@100"]

@@ -18,7 +18,6 @@ from bench.common import (
     Call,
     HttpClient,
     Processes,
-    RemoteSpec,
     Target,
     alternating_sequential,
     bench_main,
@@ -27,8 +26,7 @@ from bench.common import (
     fmt,
     ratio,
     signed_ms,
-    start_backend,
-    start_runtime,
+    start_runtime_and_backend,
     summarize,
     warm_up,
 )
@@ -47,13 +45,7 @@ def run(options: BenchOptions, procs: Processes) -> tuple[dict[str, Any], str]:
     warm_count = 100 if options.quick else 300
     duration = 1.0 if options.quick else 2.0
 
-    rt = start_runtime(procs, options.workdir, runtime_id=RUNTIME_ID)
-    backend = start_backend(
-        procs,
-        options.workdir,
-        runtimes=[RemoteSpec(RUNTIME_ID, rt.base_url, TOKEN_ENV)],
-        tokens={TOKEN_ENV: rt.token},
-    )
+    rt, backend = start_runtime_and_backend(procs, options.workdir, runtime_id=RUNTIME_ID, token_env=TOKEN_ENV)
     # A burst worker of one event per input: each input is cheap for the runtime on both paths.
     worker_id = rt.create_worker("builtin:burst", {"count": 1, "rate": 0})
     direct_prefix = f"/v1/workers/{worker_id}"

@@ -28,7 +28,6 @@ from bench.common import (
     Backend,
     BenchOptions,
     Processes,
-    RemoteSpec,
     RuntimeProc,
     StreamTally,
     Target,
@@ -37,8 +36,7 @@ from bench.common import (
     fmt,
     ratio,
     signed_ms,
-    start_backend,
-    start_runtime,
+    start_runtime_and_backend,
     summarize,
 )
 
@@ -172,13 +170,7 @@ async def _measure(options: BenchOptions, rt: RuntimeProc, backend: Backend) -> 
 
 def run(options: BenchOptions, procs: Processes) -> tuple[dict[str, Any], str]:
     """Start a runtime and a Backend, then measure both phases on both paths."""
-    rt = start_runtime(procs, options.workdir, runtime_id=RUNTIME_ID)
-    backend = start_backend(
-        procs,
-        options.workdir,
-        runtimes=[RemoteSpec(RUNTIME_ID, rt.base_url, TOKEN_ENV)],
-        tokens={TOKEN_ENV: rt.token},
-    )
+    rt, backend = start_runtime_and_backend(procs, options.workdir, runtime_id=RUNTIME_ID, token_env=TOKEN_ENV)
     result = asyncio.run(_measure(options, rt, backend))
     direct_eps = result["throughput"]["direct"]["events_per_s_median"]
     backend_eps = result["throughput"]["backend"]["events_per_s_median"]

@@ -24,6 +24,7 @@ from django.utils.safestring import SafeString
 
 from runtimes import metrics
 from runtimes.config import insecure_http
+from runtimes.health import probe_runtimes
 from runtimes.models import (
     AIMING_FIELDS,
     CONNECTION_FIELDS,
@@ -270,9 +271,6 @@ class RuntimeAdmin(admin.ModelAdmin):
     @admin.action(description="Probe selected runtimes now")
     def probe_now(self, request: HttpRequest, queryset: QuerySet[Runtime]) -> None:
         """Probe the selected runtimes (refreshing their status cache) and report each one's state."""
-        # Imported here: the health code pulls in the registry and handles, which the admin does not need.
-        from runtimes.health import probe_runtimes
-
         runtime_ids = sorted(queryset.values_list("runtime_id", flat=True))
         for result in probe_runtimes(runtime_ids=runtime_ids, source="admin"):
             text = f"{result.runtime_id}: {result.state}" + (

@@ -38,15 +38,23 @@ class Bulkhead:
         """How many calls hold a slot now."""
         return self._in_flight
 
-    @contextmanager
-    def slot(self) -> Iterator[None]:
-        """Hold one slot for the block; RuntimeBusy at once when all ``limit`` are taken."""
+    def acquire(self) -> None:
+        """Take one slot; RuntimeBusy at once when all ``limit`` are taken."""
         with self._lock:
             if self._in_flight >= self.limit:
                 raise RuntimeBusy(runtime_id=self.runtime_id, retry_after=BUSY_RETRY_AFTER)
             self._in_flight += 1
+
+    def release(self) -> None:
+        """Give back a slot taken by ``acquire``."""
+        with self._lock:
+            self._in_flight -= 1
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one slot for the block (``acquire`` ... ``release``)."""
+        self.acquire()
         try:
             yield
         finally:
-            with self._lock:
-                self._in_flight -= 1
+            self.release()

@@ -10,6 +10,7 @@ does not verify fails the handshake, before any request (and so any token) is se
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
@@ -24,8 +25,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
+import httptools
+import orjson
 import requests
 import sseclient
 import urllib3
@@ -73,6 +76,7 @@ PATH_WORKER_EVENTS = "/v1/workers/{worker_id}/events"
 IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
 # The SSE response header naming the epoch of the worker event log a stream comes from.
 HEADER_STREAM_EPOCH = "Yoi-Stream-Epoch"
+_EPOCH_HEADER_BYTES = HEADER_STREAM_EPOCH.lower().encode("latin-1")
 # Route names of the metrics: the RuntimeHandle method each request serves (the embedded handle uses the same).
 ROUTE_NAMES: dict[tuple[str, str], str] = {
     ("GET", PATH_RUNTIME): "summary",
@@ -168,6 +172,8 @@ class RemoteRuntimeClient:
         self._https = self._base_url.lower().startswith("https:")
         if ssl_context is None and self._https:
             ssl_context = ssl.create_default_context()  # the system store
+        # The one trust source of this runtime: the session's adapter and the live streams use it alike.
+        self._ssl: ssl.SSLContext | None = ssl_context
         self._session = self._make_session(pool_maxsize, ssl_context)
 
     @staticmethod
@@ -265,8 +271,7 @@ class RemoteRuntimeClient:
         The response head must come within the read timeout; after that the stream may be silent for up to
         ``stream_idle_timeout`` (the runtime pings every 15 s) before iteration raises RuntimeTimeout.
         """
-        if after is not None and (isinstance(after, bool) or not isinstance(after, int) or after < 0):
-            raise InvalidRequest(runtime_id=self.runtime_id, fields={"after": ["must be an integer >= 0"]})
+        _check_after(after, runtime_id=self.runtime_id)
         url = self._url(PATH_WORKER_EVENTS, worker_id)
         headers = self._headers(accept="text/event-stream")
         headers["Cache-Control"] = "no-cache"
@@ -291,9 +296,24 @@ class RemoteRuntimeClient:
                 raise RuntimeBadResponse(runtime_id=self.runtime_id, worker_id=worker_id)
         return ClientEventStream(self, response, worker_id=worker_id)
 
+    def live_event_stream(
+        self, worker_id: str, *, on_message: MessageCallback, on_end: EndCallback
+    ) -> LiveEventStream:
+        """A stream of one worker's events read on the running event loop; ``await stream.open(after=...)``.
+
+        ``open`` returns once the runtime answered with an event stream (connect and read timeouts apply; a
+        refusal is raised as its typed error). Then every event goes to ``on_message`` as it arrives, and
+        the end to ``on_end`` once: ``None`` when the runtime closed the stream at an event boundary, else
+        the typed error. An open stream may be silent for ``stream_idle_timeout``.
+        """
+        return LiveEventStream(self, worker_id=worker_id, on_message=on_message, on_end=on_end)
+
     # ----------------------------------------------------------------------------------------- internals
 
     def _url(self, path: str, worker_id: str | None) -> str:
+        return self._base_url + self._path(path, worker_id)
+
+    def _path(self, path: str, worker_id: str | None) -> str:
         if "{worker_id}" in path:
             if not is_valid_id(worker_id):
                 raise InvalidRequest(
@@ -301,7 +321,12 @@ class RemoteRuntimeClient:
                 )
             assert worker_id is not None
             path = path.format(worker_id=quote(worker_id, safe=""))
-        return self._base_url + path
+        return path
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS settings of an https runtime for connections made outside the session (live streams);
+        None for plain http."""
+        return self._ssl
 
     def _headers(self, *, accept: str) -> dict[str, str]:
         try:
@@ -509,6 +534,11 @@ def _closed_unanswered(exc: BaseException) -> bool:
     return any(isinstance(link, closed) for link in _causes(exc))
 
 
+def _check_after(after: int | None, *, runtime_id: str) -> None:
+    if after is not None and (isinstance(after, bool) or not isinstance(after, int) or after < 0):
+        raise InvalidRequest(runtime_id=runtime_id, fields={"after": ["must be an integer >= 0"]})
+
+
 def _is_timeout(exc: BaseException) -> bool:
     """A connect or read timeout, however requests/urllib3 wrapped it."""
     if isinstance(exc, requests.exceptions.Timeout):  # ConnectTimeout and ReadTimeout
@@ -683,3 +713,371 @@ class ClientEventStream:
         # Close without handing the connection back to the pool: it is finished. Never raises.
         with contextlib.suppress(Exception):
             raw.close()
+
+
+# --------------------------------------------------------------------------------------------- live streams
+#
+# The relay reads hundreds of streams at once on the event loop: one asyncio connection per stream, the
+# response parsed by httptools (llhttp) and the SSE body decoded as it arrives, so that an event goes from
+# the socket to the relay in the same loop turn, with no thread and no hand-off. The blocking
+# ``open_event_stream`` above stays for scripts and tests; both map failures through ``_map_failure``.
+
+
+class SseDecoder:
+    """Push-style SSE decoding (the WHATWG event-stream rules): bytes in, ``(event, id, data bytes)`` out.
+
+    Lines end with CRLF, LF or CR; a blank line dispatches; ``:`` lines are comments (the runtime's pings);
+    ``data`` lines join with LF; an event without data is not dispatched. ``pending`` is the size of the
+    event being received (the caller caps it).
+    """
+
+    def __init__(self) -> None:
+        self._tail = b""
+        self._event = ""
+        self._id: str | None = None
+        self._data: list[bytes] = []
+        self._data_bytes = 0
+
+    def __repr__(self) -> str:
+        return f"SseDecoder(pending={self.pending})"
+
+    @property
+    def pending(self) -> int:
+        """Bytes of the event not yet dispatched."""
+        return len(self._tail) + self._data_bytes
+
+    @property
+    def mid_event(self) -> bool:
+        """Something of an event was received but not its end."""
+        return bool(self._data) or bool(self._tail.strip(b"\r\n"))
+
+    def feed(self, chunk: bytes) -> list[tuple[str, str | None, bytes]]:
+        """Decode ``chunk``; return the events it completes."""
+        text = self._tail + chunk if self._tail else chunk
+        if b"\r" in text:
+            # A CR at the very end may be the first half of a CRLF: keep it for the next chunk.
+            keep_cr = text.endswith(b"\r")
+            text = text.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            if keep_cr:
+                text = text[:-1]
+            end = text.rfind(b"\n")
+            self._tail = text[end + 1 :] + (b"\r" if keep_cr else b"")
+        else:
+            end = text.rfind(b"\n")
+            self._tail = text[end + 1 :]
+        if end < 0:
+            return []
+        out: list[tuple[str, str | None, bytes]] = []
+        for line in text[:end].split(b"\n"):
+            if not line:
+                if self._data:
+                    data = self._data
+                    out.append(
+                        (self._event or "message", self._id, data[0] if len(data) == 1 else b"\n".join(data))
+                    )
+                    self._data, self._data_bytes = [], 0
+                self._event = ""
+                continue
+            name, _, value = line.partition(b":")
+            if value[:1] == b" ":
+                value = value[1:]
+            if name == b"data":
+                self._data.append(value)
+                self._data_bytes += len(value) + 1
+            elif name == b"event":
+                self._event = value.decode("utf-8", "replace")
+            elif name == b"id" and b"\0" not in value:
+                self._id = value.decode("utf-8", "replace")
+            # comments (empty name), retry and unknown fields are ignored
+        return out
+
+
+def load_json(raw: bytes) -> Any:
+    """JSON from bytes: orjson, or the standard library for what orjson refuses (integers past 64 bits)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
+# A live stream's event: its name and its data object (the id is the data's seq in this protocol).
+MessageCallback = Callable[[str, dict[str, Any]], None]
+EndCallback = Callable[["YoiError | None"], None]
+
+
+class _LiveProtocol(asyncio.Protocol):
+    """One live SSE response on the event loop: head, then events to ``on_message``, then one ``on_end``."""
+
+    def __init__(self, stream: LiveEventStream) -> None:
+        self._stream = stream
+        self._parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.status = 0
+        self.content_type = ""
+        self.content_length: int | None = None
+        self.epoch_header: str | None = None
+        self.error_body = bytearray()
+        self.streaming = False
+        self.last_data = 0.0
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.last_data = self._stream.loop.time()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            # A callback failed (httptools wraps what it raised): the relay's code, not the runtime's answer.
+            logger.error(
+                "runtimes.client.stream_callback_failed", exc_info=exc.__context__, extra=self._stream.ids()
+            )
+            self._stream.fail(RuntimeBadResponse(**self._stream.ids()))
+        except httptools.HttpParserError:
+            self._stream.fail(self._stream.bad_response("not_http"))
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport: connection_lost says how the body ended
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stream.lost(exc)
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lowered = name.lower()
+        if lowered == b"content-type":
+            self.content_type = value.decode("latin-1").lower()
+        elif lowered == _EPOCH_HEADER_BYTES:
+            self.epoch_header = value.decode("latin-1")
+        elif lowered == b"content-length" and value.strip().isdigit():
+            self.content_length = int(value)
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        self._stream.head_complete(self)
+
+    def on_body(self, body: bytes) -> None:
+        if self.streaming:
+            self._stream.body(body)
+            return
+        self.error_body += body
+        if len(self.error_body) > self._stream.client.max_body_bytes:
+            self._stream.fail(self._stream.bad_response("body_too_large"))
+
+    def on_message_complete(self) -> None:
+        self._stream.message_complete(self)
+
+
+class LiveEventStream:
+    """One worker's SSE stream read on the event loop; ``close()`` ends it without a callback."""
+
+    def __init__(
+        self, client: RemoteRuntimeClient, *, worker_id: str, on_message: MessageCallback, on_end: EndCallback
+    ) -> None:
+        self.client = client
+        self.runtime_id = client.runtime_id
+        self.worker_id = worker_id
+        self.loop = asyncio.get_running_loop()
+        self._on_message = on_message
+        self._on_end = on_end
+        self._decoder = SseDecoder()
+        self._protocol: _LiveProtocol | None = None
+        self._idle: asyncio.TimerHandle | None = None
+        self._done = False
+
+    def __repr__(self) -> str:
+        return f"LiveEventStream(runtime_id={self.runtime_id!r}, worker_id={self.worker_id!r})"
+
+    __str__ = __repr__
+
+    @property
+    def closed(self) -> bool:
+        """True once the stream ended or was closed."""
+        return self._done
+
+    def ids(self) -> dict[str, Any]:
+        """The ids for log lines and errors."""
+        return {"runtime_id": self.runtime_id, "worker_id": self.worker_id}
+
+    def bad_response(self, reason: str) -> RuntimeBadResponse:
+        """The typed error of a malformed answer (the reason goes to the log only)."""
+        self.client._log_bad_response(reason, self.worker_id)
+        return RuntimeBadResponse(**self.ids())
+
+    @property
+    def epoch_header(self) -> str | None:
+        """The ``Yoi-Stream-Epoch`` header of the response (once open), unparsed."""
+        protocol = self._protocol
+        return protocol.epoch_header if protocol is not None else None
+
+    async def open(self, *, after: int | None) -> None:
+        """Connect and wait for a 2xx event-stream head (connect and read timeouts); raise a typed error."""
+        with metrics.upstream_request(self.runtime_id, ROUTE_NAMES[("GET", PATH_WORKER_EVENTS)]):
+            await self._open(after=after)
+
+    async def _open(self, *, after: int | None) -> None:
+        client = self.client
+        _check_after(after, runtime_id=self.runtime_id)
+        parts = urlsplit(client._base_url)
+        secure = parts.scheme == "https"
+        port = parts.port or (443 if secure else 80)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise client._map_failure(exc=requests.exceptions.InvalidURL(), worker_id=self.worker_id)
+        path = parts.path + client._path(PATH_WORKER_EVENTS, self.worker_id)
+        headers = client._headers(accept="text/event-stream")
+        headers["Cache-Control"] = "no-cache"
+        headers["User-Agent"] = USER_AGENT
+        if after is not None:
+            headers["Last-Event-ID"] = str(after)
+        host = parts.netloc.rsplit("@", 1)[-1]
+        request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        try:
+            async with asyncio.timeout(client.connect_timeout):
+                _, protocol = await self.loop.create_connection(
+                    lambda: _LiveProtocol(self),
+                    parts.hostname,
+                    port,
+                    ssl=client.ssl_context() if secure else None,
+                    server_hostname=parts.hostname if secure else None,
+                )
+        except TimeoutError as exc:
+            raise client._map_failure(exc=requests.exceptions.ConnectTimeout(), worker_id=self.worker_id) from exc
+        except OSError as exc:
+            raise client._map_failure(exc=exc, worker_id=self.worker_id) from exc
+        self._protocol = protocol
+        assert protocol.transport is not None
+        protocol.transport.write((request + "\r\n").encode("latin-1"))
+        try:
+            async with asyncio.timeout(client.read_timeout):
+                await protocol.head
+        except TimeoutError as exc:
+            self._shut()
+            raise client._map_failure(exc=requests.exceptions.ReadTimeout(), worker_id=self.worker_id) from exc
+        except BaseException:
+            self._shut()
+            raise
+        protocol.last_data = self.loop.time()
+        self._idle = self.loop.call_later(client.stream_idle_timeout, self._check_idle)
+
+    # ------------------------------------------------------------------ protocol events (on the loop)
+
+    def head_complete(self, protocol: _LiveProtocol) -> None:
+        if not 200 <= protocol.status < 300:
+            return  # the error body follows; message_complete maps it
+        if not protocol.content_type.startswith("text/event-stream"):
+            self._fail_head(self.bad_response("not_event_stream"))
+            return
+        protocol.streaming = True
+        if not protocol.head.done():
+            protocol.head.set_result(None)
+
+    def message_complete(self, protocol: _LiveProtocol) -> None:
+        if protocol.streaming:
+            self.lost(None)  # the runtime ended the response: the caller decides what an early end means
+            return
+        error = self.client._map_failure(
+            status=protocol.status, body=bytes(protocol.error_body), worker_id=self.worker_id
+        )
+        self._fail_head(error)
+
+    def body(self, chunk: bytes) -> None:
+        if self._done:
+            return
+        decoder = self._decoder
+        for name, _, raw in decoder.feed(chunk):
+            try:
+                data = load_json(raw)
+            except (ValueError, RecursionError):
+                self.fail(self.bad_response("event_not_json"))
+                return
+            if not isinstance(data, dict):
+                self.fail(self.bad_response("event_not_an_object"))
+                return
+            self._on_message(name, data)
+            if self._done:
+                return  # the consumer closed the stream from its callback
+        if decoder.pending > self.client.max_event_bytes:
+            self.fail(self.bad_response("event_too_large"))
+
+    def lost(self, exc: BaseException | None) -> None:
+        protocol = self._protocol
+        if protocol is not None and not protocol.head.done():
+            if protocol.status and not protocol.streaming:
+                # A close-delimited error body ended: map its status.
+                self.message_complete(protocol)
+            else:
+                # Closed before any answer: under TLS 1.3 that is how a refused client certificate shows.
+                error = self.client._map_failure(
+                    exc=exc or ConnectionResetError(), worker_id=self.worker_id, before_response=True
+                )
+                self._fail_head(error)
+            return
+        if self._done:
+            return
+        if exc is None and not self._decoder.mid_event:
+            self._finish(None)
+            return
+        if exc is None:
+            logger.warning("runtimes.client.stream_cut", extra=self.ids())
+            self._finish(RuntimeUnreachable(**self.ids()))
+        else:
+            self._finish(self.client._map_failure(exc=exc, worker_id=self.worker_id))
+
+    def fail(self, error: YoiError) -> None:
+        """End the stream with ``error`` (told to ``on_end`` once the head has come)."""
+        protocol = self._protocol
+        if protocol is not None and not protocol.head.done():
+            self._fail_head(error)
+            return
+        if not self._done:
+            self._finish(error)
+
+    def _fail_head(self, error: YoiError) -> None:
+        protocol = self._protocol
+        self._shut()
+        if protocol is not None and not protocol.head.done():
+            protocol.head.set_exception(error)
+
+    def _check_idle(self) -> None:
+        protocol = self._protocol
+        if self._done or protocol is None:
+            return
+        silent = self.loop.time() - protocol.last_data
+        timeout = self.client.stream_idle_timeout
+        if silent < timeout:
+            self._idle = self.loop.call_later(timeout - silent, self._check_idle)
+            return
+        logger.warning("runtimes.client.stream_idle", extra=self.ids())
+        self._finish(RuntimeTimeout(**self.ids()))
+
+    def _finish(self, error: YoiError | None) -> None:
+        self._shut()
+        self._on_end(error)
+
+    def _shut(self) -> None:
+        self._done = True
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        protocol = self._protocol
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.abort()
+
+    def pause_reading(self) -> None:
+        """Read nothing more from the socket until ``resume_reading`` (the consumer is behind)."""
+        protocol = self._protocol
+        if protocol is not None and protocol.transport is not None and not self._done:
+            protocol.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read again."""
+        protocol = self._protocol
+        if protocol is not None and protocol.transport is not None and not self._done:
+            protocol.transport.resume_reading()
+            protocol.last_data = self.loop.time()  # the pause was ours, not the runtime's silence
+
+    def close(self) -> None:
+        """Stop the stream; ``on_end`` is not called (idempotent)."""
+        self._shut()

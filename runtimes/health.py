@@ -13,46 +13,32 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import TypeVar
 
 from django.conf import settings
 from django.db import close_old_connections
-from django.db.models import F
 from django.utils import timezone
 
 from runtimes.errors import (
     LOCAL_FAILURES,
     TRANSPORT_FAILURES,
-    RuntimeAuthFailed,
     RuntimeBusy,
     RuntimeCircuitOpen,
     RuntimeDisabled,
     RuntimeMisconfigured,
     RuntimeNotFound,
-    RuntimeRejected,
-    RuntimeTimeout,
-    RuntimeUnreachable,
-    RuntimeUnsupported,
-    WorkerNotFound,
     YoiError,
 )
-from runtimes.handles.base import RuntimeHandle
-from runtimes.registry import registry
+from runtimes.models import ProbeRecord, Runtime
+from runtimes.registry import StatusWriter, registry
+from runtimes.status import DeferredWrites, record_failure, status_for_error
 from runtimes.types import RuntimeSummary
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
-# Errors that are the runtime's own answer: it is up, whatever it said.
-ANSWERED_ERRORS: tuple[type[YoiError], ...] = (WorkerNotFound, RuntimeRejected, RuntimeUnsupported)
-# Failures written to the row at once: the runtime's own, and settings of ours that cannot be used.
-RECORDED_FAILURES: tuple[type[YoiError], ...] = (*TRANSPORT_FAILURES, RuntimeMisconfigured)
 MAX_PARALLEL_PROBES = 16
-# A success refreshes last_seen_at on the row at most this often (keeps DB writes off the hot path).
-LAST_SEEN_WRITE_INTERVAL = timedelta(seconds=10)
+# Failures the call itself already wrote to the row (runtimes/registry.py RuntimeCall).
+RECORDED_BY_CALL: tuple[type[YoiError], ...] = (*TRANSPORT_FAILURES, RuntimeMisconfigured)
 # Probe records kept per runtime (the admin shows the newest).
 PROBE_HISTORY = 50
 # The state of a probe this process could not make (LOCAL_FAILURES): nothing was learnt about the runtime.
@@ -76,24 +62,15 @@ class ProbeResult:
         return self.state == LOCAL_FAILURE
 
 
-def status_for_error(error: YoiError) -> str:
-    """The row status a failed probe leaves (a peer that fails TLS verification is not down: ``error``)."""
-    if isinstance(error, RuntimeUnreachable | RuntimeTimeout) and error.reason != "tls":
-        return "offline"
-    if isinstance(error, RuntimeAuthFailed):
-        return "unauthorized"
-    return "error"
-
-
 def _probe_upstream(
-    runtime_id: str, *, refresh: bool = True, guarded: bool = False
+    runtime_id: str, *, refresh: bool = True, guarded: bool = False, writes: StatusWriter | None = None
 ) -> tuple[RuntimeSummary | YoiError, float]:
-    """Ask the runtime for its summary; with ``refresh=False`` no database access (runs in pool threads).
-    ``guarded=True`` goes through the breaker: in half-open the probe is its one trial call."""
+    """Ask the runtime for its summary; with ``refresh=False`` and ``writes`` no database access (pool
+    threads). ``guarded=True`` goes through the breaker: in half-open the probe is its one trial call."""
     started = time.perf_counter()
     try:
         summary: RuntimeSummary = registry.call(
-            runtime_id, lambda handle: handle.summary(), guarded=guarded, refresh=refresh
+            runtime_id, lambda handle: handle.summary(), guarded=guarded, refresh=refresh, writes=writes
         )
     except YoiError as error:
         return error, (time.perf_counter() - started) * 1000
@@ -103,8 +80,8 @@ def _probe_upstream(
 def _record_probe(
     runtime_id: str, outcome: RuntimeSummary | YoiError, latency_ms: float, *, source: str
 ) -> ProbeResult:
-    from runtimes.models import Runtime
-
+    """The probe's result, kept in the runtime's probe history; a success also refreshes the capabilities
+    cache (the call itself marked the status)."""
     if isinstance(outcome, RuntimeDisabled | RuntimeNotFound):
         state = "disabled" if isinstance(outcome, RuntimeDisabled) else "not_found"
         return ProbeResult(runtime_id, state, outcome.code, 0.0)
@@ -119,7 +96,9 @@ def _record_probe(
         )
         return ProbeResult(runtime_id, LOCAL_FAILURE, outcome.code, latency_ms)
     if isinstance(outcome, YoiError):
-        _record_failure(runtime_id=runtime_id, error=outcome)
+        if not isinstance(outcome, RECORDED_BY_CALL):
+            # Up, but not answering as a runtime must (no summary route, a refusal): an error state.
+            record_failure(runtime_id, outcome)
         logger.info(
             "runtimes.probe.failed",
             extra={
@@ -149,8 +128,6 @@ def _record_probe(
 
 def _remember_probe(result: ProbeResult, *, source: str) -> None:
     """Add the probe to the runtime's history, keeping the newest PROBE_HISTORY."""
-    from runtimes.models import ProbeRecord
-
     ProbeRecord.objects.create(
         runtime_id=result.runtime_id,
         state=result.state,
@@ -175,66 +152,17 @@ def probe_runtimes(*, runtime_ids: list[str] | None = None, source: str = "comma
     ids = sorted(connections) if runtime_ids is None else list(runtime_ids)
     if not ids:
         return []
+    writes = DeferredWrites()
     with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_PROBES, len(ids)), thread_name_prefix="probe") as pool:
-        # The rows were loaded just above: pool threads must not reload them (no database access there).
-        outcomes = list(pool.map(lambda runtime_id: _probe_upstream(runtime_id, refresh=False), ids))
+        # The rows were loaded just above: pool threads must not reload them nor write (no database there).
+        outcomes = list(
+            pool.map(lambda runtime_id: _probe_upstream(runtime_id, refresh=False, writes=writes), ids)
+        )
+    writes.apply()
     return [
         _record_probe(runtime_id, *outcome, source=source)
         for runtime_id, outcome in zip(ids, outcomes, strict=True)
     ]
-
-
-def runtime_call(runtime_id: str, operation: Callable[[RuntimeHandle], T]) -> T:
-    """Run a command or query on a runtime through its breaker, and keep its row's status honest.
-
-    A transport-class failure marks the row at once; an answer from the runtime — a result, or a refusal
-    such as worker_not_found — marks it online, at most once per interval per process, so the hot path does
-    not write to the database.
-    """
-    try:
-        result = registry.call(runtime_id, operation)
-    except LOCAL_FAILURES:
-        raise  # this process's own setup failed: nothing to write about the runtime
-    except RECORDED_FAILURES as error:
-        registry.forget_online_mark(runtime_id)
-        _record_failure(runtime_id=runtime_id, error=error)
-        raise
-    except ANSWERED_ERRORS:
-        _mark_online(runtime_id)
-        raise
-    _mark_online(runtime_id)
-    return result
-
-
-def _mark_online(runtime_id: str) -> None:
-    if registry.take_online_mark(runtime_id, interval=LAST_SEEN_WRITE_INTERVAL.total_seconds()):
-        _record_success(runtime_id=runtime_id)
-
-
-def _record_success(*, runtime_id: str) -> None:
-    from runtimes.models import Runtime
-
-    now = timezone.now()
-    Runtime.objects.filter(runtime_id=runtime_id).update(
-        status="online",
-        status_error_code="",
-        status_reason="",
-        last_seen_at=now,
-        checked_at=now,
-        consecutive_failures=0,
-    )
-
-
-def _record_failure(*, runtime_id: str, error: YoiError) -> None:
-    from runtimes.models import Runtime
-
-    Runtime.objects.filter(runtime_id=runtime_id).update(
-        status=status_for_error(error),
-        status_error_code=error.code,
-        status_reason=(error.reason or "")[:64],
-        checked_at=timezone.now(),
-        consecutive_failures=F("consecutive_failures") + 1,
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -301,8 +229,6 @@ class HealthMonitor:
         return results
 
     def _failed_rows(self, *, exclude: list[str]) -> list[str]:
-        from runtimes.models import Runtime
-
         rows = Runtime.objects.filter(enabled=True, status__in=FAILED_STATES).exclude(runtime_id__in=exclude)
         return [
             rid for rid in rows.values_list("runtime_id", flat=True) if registry.breaker_state(rid) == "closed"

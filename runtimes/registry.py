@@ -9,31 +9,47 @@ gets no handle either: ``RuntimeMisconfigured``, nothing sent, tried again at th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
 from django.conf import settings
+from django.db import close_old_connections
 
 from runtimes import metrics
 from runtimes.breaker import CircuitBreaker
 from runtimes.bulkhead import DEFAULT_MAX_IN_FLIGHT, Bulkhead
+from runtimes.client import RemoteRuntimeClient
+from runtimes.config import insecure_http
 from runtimes.errors import (
     LOCAL_FAILURES,
     TRANSPORT_FAILURES,
     RuntimeDisabled,
     RuntimeMisconfigured,
     RuntimeNotFound,
+    RuntimeRejected,
+    RuntimeUnsupported,
+    WorkerNotFound,
+    YoiError,
 )
 from runtimes.handles.base import RuntimeHandle
+from runtimes.handles.embedded import EmbeddedRuntimeHandle
+from runtimes.handles.remote import RemoteRuntimeHandle
+from runtimes.models import Runtime
 from runtimes.scrub import known_secrets
+from runtimes.secrets import SecretPolicy, check_secret_ref, resolve_secret, resolve_token, secret_values_of_refs
+from runtimes.status import LAST_SEEN_WRITE_INTERVAL, StatusWrite, record_failure, record_online
+from runtimes.tls import TlsConfigError, client_context
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+# Errors that are the runtime's own answer: it is up, whatever it said.
+ANSWERED_ERRORS: tuple[type[YoiError], ...] = (WorkerNotFound, RuntimeRejected, RuntimeUnsupported)
 
 
 @dataclass(frozen=True)
@@ -82,8 +98,6 @@ class RuntimeConnection:
 
 def load_connections() -> dict[str, RuntimeConnection]:
     """Read every runtime row (one query for rows, one for group memberships)."""
-    from runtimes.models import Runtime
-
     groups: dict[int, set[int]] = {}
     for runtime_pk, group_id in Runtime.groups.through.objects.values_list("runtime_id", "group_id"):
         groups.setdefault(runtime_pk, set()).add(group_id)
@@ -124,15 +138,7 @@ def build_handle(connection: RuntimeConnection) -> RuntimeHandle:
     row may have been written around them): RuntimeMisconfigured, with no client made, when they fail.
     """
     if connection.kind == "embedded":
-        from runtimes.handles.embedded import EmbeddedRuntimeHandle
-
         return EmbeddedRuntimeHandle(connection.runtime_id, data_dir=settings.YOI_DATA_DIR)
-    from runtimes.client import RemoteRuntimeClient
-    from runtimes.config import insecure_http
-    from runtimes.handles.remote import RemoteRuntimeHandle
-    from runtimes.secrets import SecretPolicy, check_secret_ref, resolve_secret, resolve_token
-    from runtimes.tls import TlsConfigError, client_context
-
     runtime_id, token_ref = connection.runtime_id, connection.token_ref
     policy = SecretPolicy.from_settings()
     if insecure_http(connection.base_url) and not connection.allow_insecure_http:
@@ -256,33 +262,54 @@ class RuntimeRegistry:
         *,
         guarded: bool = True,
         refresh: bool = True,
+        writes: StatusWriter | None = None,
     ) -> T:
-        """Run ``operation`` on the runtime's handle through its bulkhead and circuit breaker.
+        """THE way to reach a runtime: run ``operation`` on its handle (see ``RuntimeCall``).
 
-        A full bulkhead refuses at once (RuntimeBusy) before the breaker is asked, so a refusal never takes
-        a half-open breaker's one trial. Transport-class failures count against the runtime; any answer from
-        it (even an error) counts for it. ``guarded=False`` (probes) skips the fast-fail but still records
-        the outcome. ``refresh=False`` uses the rows already loaded, so a call from a pool thread never
-        touches the database. An event stream holds its slot only while it is being opened.
+        ``guarded=False`` (probes) skips the breaker's fast-fail but still records the outcome.
+        ``refresh=False`` uses the rows already loaded and ``writes`` collects the status writes, so that a
+        call from a pool thread never touches the database (the caller applies them).
         """
-        handle = self.get(runtime_id, refresh=refresh)
-        breaker = self.breaker(runtime_id)
-        with self.bulkhead(runtime_id).slot():
-            if guarded:
-                breaker.before_call()
-            try:
-                result = operation(handle)
-            except LOCAL_FAILURES:
-                breaker.record_inconclusive()  # this process's own setup failed: nothing learnt about the runtime
-                raise
-            except TRANSPORT_FAILURES:
-                breaker.record_failure()
-                raise
-            except Exception:
-                breaker.record_success()
-                raise
-            breaker.record_success()
-            return result
+        call = RuntimeCall(self, runtime_id, guarded=guarded, writes=writes)
+        handle = call.begin(refresh=refresh)
+        try:
+            result = operation(handle)
+        except BaseException as exc:
+            call.end(exc)
+            raise
+        call.end(None)
+        return result
+
+    async def call_async(
+        self, runtime_id: str, operation: Callable[[RuntimeHandle], Awaitable[T]], *, guarded: bool = True
+    ) -> T:
+        """``call`` for an operation that runs on the event loop (a live event stream's open).
+
+        Rows older than the refresh interval are re-read on a thread first; status writes go to a thread.
+        """
+        if self.rows_stale():
+            await asyncio.to_thread(self._refresh_rows)
+        loop = asyncio.get_running_loop()
+        call = RuntimeCall(self, runtime_id, guarded=guarded, writes=lambda write: _write_off_loop(loop, write))
+        handle = call.begin(refresh=False)
+        try:
+            result = await operation(handle)
+        except BaseException as exc:
+            call.end(exc)
+            raise
+        call.end(None)
+        return result
+
+    def _refresh_rows(self) -> None:
+        try:
+            self.connections()
+        finally:
+            close_old_connections()
+
+    def rows_stale(self) -> bool:
+        """True when the next ``connections()`` would re-read the rows."""
+        loaded_at = self._loaded_at
+        return loaded_at is None or time.monotonic() - loaded_at >= float(settings.YOI_REGISTRY_REFRESH_SECONDS)
 
     def take_online_mark(self, runtime_id: str, *, interval: float) -> bool:
         """True at most once per ``interval`` per runtime: when a success should be written to its row."""
@@ -302,7 +329,6 @@ class RuntimeRegistry:
     def _learn_secrets(self) -> None:
         """Remember the values behind refs not seen before, so that no runtime's answer shows any of them
         (another runtime's token included); a value resolved later (a rotated file) is added at use."""
-        from runtimes.secrets import secret_values_of_refs
 
         fresh = {ref for connection in self._connections.values() for ref in connection.secret_refs}
         fresh -= self._seen_refs
@@ -341,6 +367,104 @@ class RuntimeRegistry:
             self._seen_refs.clear()
             self._connections = {}
             self._loaded_at = None
+
+
+StatusWriter = Callable[[StatusWrite], None]
+
+
+def _write_now(write: StatusWrite) -> None:
+    write()
+
+
+def _write_off_loop(loop: asyncio.AbstractEventLoop, write: StatusWrite) -> None:
+    def run() -> None:
+        try:
+            write()
+        except Exception:
+            logger.exception("runtimes.registry.status_write_failed")
+        finally:
+            close_old_connections()
+
+    loop.run_in_executor(None, run)
+
+
+class RuntimeCall:
+    """One call to one runtime, from its start to its outcome: the only owner of its bulkhead slot, the
+    breaker and the row's status marks (upstream request metrics are taken at the HTTP boundary itself).
+
+    A full bulkhead refuses at once (``RuntimeBusy``) before the breaker is asked, so a refusal never takes a
+    half-open breaker's one trial. A transport-class failure counts against the runtime and marks its row at
+    once; any answer from it (a result, or a refusal such as worker_not_found) counts for it and marks it
+    online, at most once per interval per process. Settings of ours that cannot be used
+    (``RuntimeMisconfigured``) mark the row but not the breaker: nothing was sent. A failure of this
+    process's own setup (``LOCAL_FAILURES``) marks nothing. Errors raised before the runtime was reached
+    (unknown, disabled, circuit open, busy, invalid ids) record nothing either.
+    """
+
+    def __init__(
+        self, registry: RuntimeRegistry, runtime_id: str, *, guarded: bool, writes: StatusWriter | None
+    ) -> None:
+        self.registry = registry
+        self.runtime_id = runtime_id
+        self.guarded = guarded
+        self._writes = writes or _write_now
+        self._breaker: CircuitBreaker | None = None
+        self._slot: Bulkhead | None = None
+
+    def __repr__(self) -> str:
+        return f"RuntimeCall(runtime_id={self.runtime_id!r})"
+
+    def begin(self, *, refresh: bool) -> RuntimeHandle:
+        """The runtime's handle, once its bulkhead has a slot and the breaker lets the call through."""
+        runtime_id = self.runtime_id
+        try:
+            handle = self.registry.get(runtime_id, refresh=refresh)
+        except RuntimeMisconfigured as exc:
+            error = exc  # bound for the deferred write: ``exc`` is gone once this block ends
+            self._writes(lambda: record_failure(runtime_id, error))
+            raise
+        bulkhead = self.registry.bulkhead(runtime_id)
+        bulkhead.acquire()
+        self._slot = bulkhead
+        try:
+            breaker = self.registry.breaker(runtime_id)
+            if self.guarded:
+                breaker.before_call()
+        except BaseException:
+            self._release()
+            raise
+        self._breaker = breaker
+        return handle
+
+    def _release(self) -> None:
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            slot.release()
+
+    def end(self, exc: BaseException | None) -> None:
+        """Record the outcome: ``None`` for a result, else what the operation raised."""
+        self._release()
+        breaker, runtime_id = self._breaker, self.runtime_id
+        assert breaker is not None
+        if isinstance(exc, LOCAL_FAILURES):
+            breaker.record_inconclusive()  # this process's own setup failed: nothing learnt about the runtime
+            return
+        if isinstance(exc, RuntimeMisconfigured):
+            self._writes(lambda: record_failure(runtime_id, exc))
+            return
+        if isinstance(exc, TRANSPORT_FAILURES):
+            breaker.record_failure()
+            self.registry.forget_online_mark(runtime_id)
+            self._writes(lambda: record_failure(runtime_id, exc))
+            return
+        if exc is not None and not isinstance(exc, Exception):
+            return  # cancelled or interrupted: nothing is known about the runtime
+        if exc is not None and not isinstance(exc, ANSWERED_ERRORS):
+            breaker.record_success()  # not a transport failure: the runtime is not the problem
+            return
+        breaker.record_success()
+        if self.registry.take_online_mark(runtime_id, interval=LAST_SEEN_WRITE_INTERVAL.total_seconds()):
+            self._writes(lambda: record_online(runtime_id))
 
 
 registry = RuntimeRegistry()

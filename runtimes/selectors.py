@@ -10,6 +10,8 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.utils import timezone
 
 from runtimes.errors import RuntimeNotFound
+from runtimes.health import runtime_probe
+from runtimes.models import Runtime
 from runtimes.registry import RuntimeConnection, registry
 from runtimes.types import Capabilities
 
@@ -61,8 +63,6 @@ def runtime_require_visible(*, runtime_id: str, user: RequestUser) -> RuntimeCon
 
 
 def _views(runtime_ids: list[str] | None) -> list[RuntimeView]:
-    from runtimes.models import Runtime
-
     rows = Runtime.objects.order_by("runtime_id")
     if runtime_ids is not None:
         rows = rows.filter(runtime_id__in=runtime_ids)
@@ -93,8 +93,6 @@ def runtime_list_visible(*, user: RequestUser) -> list[RuntimeView]:
 def runtime_get_visible(*, runtime_id: str, user: RequestUser, probe: bool = False) -> RuntimeView:
     """One runtime; its cached status is refreshed first when older than YOI_STATUS_STALE_SECONDS, or in any
     case with ``probe`` (the console's "Refresh status": a real probe, whatever the breaker says)."""
-    from runtimes.health import runtime_probe
-
     connection = runtime_require_visible(runtime_id=runtime_id, user=user)
     views = _views([runtime_id])
     if not views:

@@ -5,11 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-# The runtime_id / worker_id alphabet (DESIGN §1): one definition, the reference runtime's.
+# The runtime_id / worker_id alphabet and the protocol's fixed vocabulary: one definition, the reference
+# runtime's.
 from worker_runtime.ids import ID_PATTERN as ID_PATTERN
 from worker_runtime.ids import is_valid_id as is_valid_id
+from worker_runtime.model import FINAL_EVENT as FINAL_EVENT
+from worker_runtime.model import INPUT_KINDS as INPUT_KINDS
+from worker_runtime.model import INTENT_KINDS as INTENT_KINDS
+from worker_runtime.model import MAX_REASON_CHARS as MAX_REASON_CHARS
 
 RuntimeKind = Literal["embedded", "remote"]
+# The largest integer a browser's JSON (an IEEE double) holds exactly: the bound of every seq and cursor.
+MAX_JSON_SAFE_INT = 2**53 - 1
 
 
 @dataclass(frozen=True)

@@ -28,15 +28,21 @@ from worker_runtime.errors import (
 )
 from worker_runtime.execution import FINISH_TIMEOUT, Executor, make_executor
 from worker_runtime.ids import ID_PATTERN, is_valid_id, require_id
-from worker_runtime.model import Event, TranscriptItem, WorkerRecord, new_epoch
+from worker_runtime.model import (
+    FINAL_EVENT,
+    INPUT_KINDS,
+    INTENT_KINDS,
+    MAX_REASON_CHARS,
+    Event,
+    TranscriptItem,
+    WorkerRecord,
+    new_epoch,
+)
 from worker_runtime.store import MemoryStore, Store, WorkerLog
 
 logger = logging.getLogger(__name__)
 
 Listener = Callable[[Sequence[Event]], None]
-INTENT_KINDS = ("assistant", "task", "role")
-INPUT_KINDS = ("user", "system")
-MAX_REASON_CHARS = 500
 DEFAULT_PAGE = 50
 # Limits on the per-create options of the builtins: (min, max) per key.
 OPTION_BOUNDS: dict[str, dict[str, tuple[float, float]]] = {
@@ -177,7 +183,7 @@ class WorkerRuntime:
             if not w.events:
                 self._append(w, [("status", {"status": "running"})])
             last = w.events[-1]
-            if last.kind == "worker_exited" and w.record.status == "running":
+            if last.kind == FINAL_EVENT and w.record.status == "running":
                 # Crashed between the final events and the snapshot: the log is the authority.
                 status, code = str(last.data.get("status", "failed")), last.data.get("exit_code")
                 self._set_final(w, status, last.data.get("reason"), code if isinstance(code, int) else None)
@@ -541,7 +547,7 @@ class WorkerRuntime:
                 w,
                 [
                     ("status", {"status": status, "reason": reason}),
-                    ("worker_exited", {"status": status, "exit_code": exit_code, "reason": reason}),
+                    (FINAL_EVENT, {"status": status, "exit_code": exit_code, "reason": reason}),
                 ],
             )
             self._set_final(w, status, reason, exit_code)

@@ -19,12 +19,12 @@ from collections import deque
 from typing import IO, Any, Protocol
 
 from worker_runtime.config import ProfileSpec
-from worker_runtime.model import EVENT_KINDS
+from worker_runtime.model import EVENT_KINDS, FINAL_EVENT
 
 logger = logging.getLogger(__name__)
 
 # Kinds only the runtime itself may write into a worker's log.
-RESERVED_KINDS = frozenset({"status", "user_message", "worker_exited"})
+RESERVED_KINDS = frozenset({"status", "user_message", FINAL_EVENT})
 MAX_AGENT_LINE_BYTES = 1024 * 1024
 BURST_BATCH = 256
 FINISH_TIMEOUT = 10.0
@@ -240,10 +240,6 @@ class SubprocessExecutor:
     def cancel(self) -> None:
         self._signal(signal.SIGKILL)
         self._done.wait(FINISH_TIMEOUT)
-
-    def kill_now(self) -> None:
-        """Kill the process group at runtime shutdown without waiting for its events."""
-        self._signal(signal.SIGKILL)
 
 
 def make_executor(sink: WorkerSink, spec: ProfileSpec, worker_id: str, options: dict[str, Any]) -> Executor:

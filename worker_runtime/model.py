@@ -24,6 +24,13 @@ EVENT_KINDS: frozenset[str] = frozenset(
     }
 )
 
+# The last event of every worker's log: after it the stream ends.
+FINAL_EVENT = "worker_exited"
+# What a CreateWorker intent and an input may be, and how long a stop/cancel reason (protocol v1).
+INTENT_KINDS = ("assistant", "task", "role")
+INPUT_KINDS = ("user", "system")
+MAX_REASON_CHARS = 500
+
 
 def new_epoch() -> str:
     """A fresh stream epoch: an opaque id naming one worker event log (a new log, a new epoch)."""

@@ -38,7 +38,7 @@ from worker_runtime.idempotency import (
     request_fingerprint,
 )
 from worker_runtime.ids import ID_PATTERN, is_valid_id
-from worker_runtime.model import Event, compact_json
+from worker_runtime.model import FINAL_EVENT, Event, compact_json
 from worker_runtime.store import Store
 
 logger = logging.getLogger(__name__)
@@ -299,7 +299,7 @@ def _encode(events: Sequence[Event], last_seq: int) -> tuple[bytes, int, bool]:
             continue
         parts.append(f"id: {event.seq}\nevent: {event.kind}\ndata: {event.text}\n\n")
         last_seq = event.seq
-        if event.kind == "worker_exited":
+        if event.kind == FINAL_EVENT:
             exited = True
             break
     return "".join(parts).encode("utf-8"), last_seq, exited

@@ -1,12 +1,13 @@
 """Cluster mode of the relay (``REDIS_URL`` set): one upstream per watched worker across all processes.
 
-The relays of one worker in several Backend processes elect a leader with a lease in Redis
-(``SET key owner NX PX ttl``, renewed by the holder). The leader alone reads the runtime and publishes
-every event it accepts — in batches, one channel-layer message per batch — to the worker's channel-layer
-group; every other process follows the group and fans out locally. Followers keep trying to take the
-lease, so when the leader dies its lease expires and a follower opens the upstream, resuming after the
-last seq it has. Events may arrive twice (two leaders for a moment) or not at all (the channel layer
-drops under load): the relay's per-browser cursor drops duplicates and repairs gaps from the runtime.
+The relays of one worker in several Backend processes elect a leader with a lease in Redis: redis-py's
+``Lock`` with a timeout, taken without blocking and renewed by the holder (``reacquire``). The leader
+alone reads the runtime and publishes every event it accepts — in batches, one channel-layer message per
+batch — to the worker's channel-layer group; every other process follows the group and fans out locally.
+Followers keep trying to take the lease, so when the leader dies its lease expires and a follower opens
+the upstream, resuming after the last seq it has. Events may arrive twice (two leaders for a moment) or
+not at all (the channel layer drops under load): the relay's per-browser cursor drops duplicates and
+repairs gaps from the runtime.
 """
 
 from __future__ import annotations
@@ -16,22 +17,20 @@ import contextlib
 import hashlib
 import logging
 import uuid
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+if TYPE_CHECKING:
+    from redis.asyncio.lock import Lock
+
 logger = logging.getLogger(__name__)
 
-LEASE_TTL_MS = 6000
+LEASE_TTL = 6.0
 RENEW_INTERVAL = 2.0
 MAX_BATCH = 256
 INSTANCE_ID = uuid.uuid4().hex  # this process, as a lease owner and a message origin
-
-_RENEW = (
-    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
-)
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 class ClusterMember(Protocol):
@@ -71,7 +70,7 @@ class _Redis:
     def client(self) -> Any:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
-            import redis.asyncio
+            import redis.asyncio  # the optional redis extra: imported only in cluster mode
 
             self._client = redis.asyncio.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
             self._loop = loop
@@ -89,6 +88,7 @@ class ClusterLink:
         self.group = group_name(relay.runtime_id, relay.worker_id)
         self.lease_key = f"yoi:relay:lease:{self.group}"
         self.leader = False
+        self._lease: Lock | None = None
         self._layer: Any = get_channel_layer()
         self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
@@ -120,15 +120,25 @@ class ClusterLink:
             with contextlib.suppress(Exception):
                 await self._layer.group_discard(self.group, channel)
 
+    def _lock(self) -> Lock:
+        if self._lease is None:
+            from redis.asyncio.lock import Lock  # the optional redis extra: imported only in cluster mode
+
+            client = _redis.client()
+            self._lease = Lock(client, self.lease_key, timeout=LEASE_TTL, blocking=False, thread_local=False)
+        return self._lease
+
     async def _lease_step(self) -> None:
-        redis = _redis.client()
+        lease = self._lock()
         if self.leader:
-            if not await redis.eval(_RENEW, 1, self.lease_key, INSTANCE_ID, LEASE_TTL_MS):
+            try:
+                await lease.reacquire()  # the TTL starts again
+            except Exception:  # redis.exceptions.LockError (lost), or Redis unreachable: not the leader now
                 logger.warning("workers.cluster.lease_lost", extra=self._ids())
                 self.leader = False
                 self.relay.stop_upstream()
             return
-        if await redis.set(self.lease_key, INSTANCE_ID, nx=True, px=LEASE_TTL_MS):
+        if await lease.acquire(blocking=False, token=INSTANCE_ID):
             logger.info("workers.cluster.lease_taken", extra=self._ids())
             self.leader = True
             self.relay.open_upstream()
@@ -183,8 +193,9 @@ class ClusterLink:
             self.relay.loop.create_task(self._release())
 
     async def _release(self) -> None:
-        with contextlib.suppress(Exception):
-            await _redis.client().eval(_RELEASE, 1, self.lease_key, INSTANCE_ID)
+        if self._lease is not None:
+            with contextlib.suppress(Exception):
+                await self._lease.release()
 
     def _ids(self) -> dict[str, str]:
         return {"runtime_id": self.relay.runtime_id, "worker_id": self.relay.worker_id}

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import unquote
 
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
@@ -26,25 +26,16 @@ from django.conf import settings
 from runtimes.errors import InvalidRequest, NotAuthenticated, NotFound, RateLimited, RuntimeTimeout, YoiError
 from runtimes.types import WorkerDetail
 from workers.frames import CLOSE_CODE_BASE, error_frame
+from workers.ids import id_errors, parse_after
 from workers.policy import SocketAccess, scope_session_key
 from workers.relay import Subscriber, relay_hub
-from workers.serializers import id_errors
 from workers.services import worker_get
 from workers.sockets import GOING_AWAY, live_sockets
-from workers.transport import (
-    WRITE_HIGH_WATER,
-    close_going_away,
-    direct_writer,
-    limit_incoming,
-    pending_write_bytes,
-    resume_incoming,
-)
+from workers.transport import close_going_away, direct_writer, limit_incoming, resume_incoming
 
 logger = logging.getLogger(__name__)
 
 ANONYMOUS_CLOSE_CODE = 4401
-MAX_AFTER = 2**53 - 1
-DRAIN_POLL_SECONDS = 0.02
 OBSERVATION_ONLY = "this socket is observation-only: send commands via REST"
 TOO_MANY_SOCKETS = "too many open event sockets for this user; close one and retry"
 CHANNEL_LAYER_TIMEOUT = 5.0
@@ -52,17 +43,6 @@ CHANNEL_LAYER_TIMEOUT = 5.0
 EVENTS_PATH_SHAPE = ("", "ws", "runtimes", None, "workers", None, "events", "")
 
 _worker_get = database_sync_to_async(worker_get, thread_sensitive=False)
-
-
-def parse_after(query_string: bytes) -> int | None:
-    """The ``after`` cursor of the query string (absent = live only); InvalidRequest when malformed."""
-    values = parse_qs(query_string.decode("latin-1")).get("after")
-    if not values:
-        return None
-    raw = values[-1]
-    if not raw.isascii() or not raw.isdigit() or int(raw) > MAX_AFTER:
-        raise InvalidRequest(fields={"after": ["must be an integer >= 0"]})
-    return int(raw)
 
 
 def starting_cursor(after: int | None, worker: WorkerDetail) -> int:
@@ -148,7 +128,8 @@ class WorkerEventsConsumer(AsyncJsonWebsocketConsumer):
         """Send queued frames in order, waiting while the browser's transport is backed up.
 
         With a direct writer the relay writes while the socket keeps up and this task only runs while
-        ``handoff`` is set: it empties the queue through the same writer, then hands delivery back.
+        ``handoff`` is set: it empties the queue through the same writer (waiting for Twisted to say the
+        browser has read what it was sent), then hands delivery back.
         """
         writer = subscriber.writer
         while True:
@@ -166,12 +147,10 @@ class WorkerEventsConsumer(AsyncJsonWebsocketConsumer):
                 await self.close(code=subscriber.close_code or 1000)
                 return
             if writer is None:
-                while (pending_write_bytes(self.base_send) or 0) > WRITE_HIGH_WATER:
-                    await asyncio.sleep(DRAIN_POLL_SECONDS)
                 await self.send(text_data=frame)
             else:
-                while writer.backed_up():
-                    await asyncio.sleep(DRAIN_POLL_SECONDS)
+                if writer.backed_up():
+                    await writer.drained()
                 writer.write(frame)
 
     async def end(self, error: YoiError | None, *, code: int | None = None) -> None:

@@ -25,7 +25,7 @@ from rest_framework.views import set_rollback
 
 from runtimes.errors import PayloadTooLarge, RateLimited, YoiError
 from runtimes.request_context import current_request_id
-from workers.serializers import path_id_errors, raw_request_path
+from workers.ids import path_id_errors, raw_request_path
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,11 @@
-"""The frames a browser receives on a worker's event socket (DESIGN §6), encoded once as JSON text."""
+"""The frames a browser receives on a worker's event socket (docs/api.md), encoded once as JSON text."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+import orjson
 
 from runtimes import metrics
 from runtimes.errors import YoiError
@@ -14,12 +16,15 @@ from runtimes.types import WorkerEvent
 CLOSE_CODE_BASE = 4000
 
 
-# One encoder for every frame: json.dumps with options builds a new JSONEncoder per call (per event).
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# What orjson refuses (integers past 64 bits in an event's data) goes through the standard library.
+_fallback = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def _text(frame: dict[str, Any]) -> str:
-    return _encode(frame)
+    try:
+        return orjson.dumps(frame).decode("utf-8")
+    except TypeError:
+        return _fallback(frame)
 
 
 def event_frame(event: WorkerEvent) -> str:

@@ -13,7 +13,6 @@ from typing import Any
 
 from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.openapi import AutoSchema
-from drf_spectacular.plumbing import ResolvedComponent
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     Direction,
@@ -26,15 +25,12 @@ from drf_spectacular.utils import (
 from rest_framework import serializers
 
 from runtimes.errors import YoiError
-from runtimes.types import ID_PATTERN
+from runtimes.types import ID_PATTERN, INPUT_KINDS, INTENT_KINDS
 from workers.exceptions import INTERNAL_ERROR_MESSAGE
 from workers.serializers import (
-    INPUT_KINDS,
-    INTENT_KINDS,
     AckOutputSerializer,
     RuntimeFailureOutputSerializer,
     RuntimeOutputSerializer,
-    TranscriptItemOutputSerializer,
     TranscriptPageOutputSerializer,
     TranscriptQuerySerializer,
     WorkerCreateInputSerializer,
@@ -240,39 +236,6 @@ RESPONSE_HEADERS = [HEADER_RETRY_AFTER, HEADER_WWW_AUTHENTICATE]
 # --- documentation-only shapes of the list routes and of cached runtime data ------------------------------------
 
 
-class ProfileInfoSerializer(serializers.Serializer[Any]):
-    """A profile a runtime offers."""
-
-    name = serializers.CharField(help_text="Pass as `profile` when creating a worker.")
-    description = serializers.CharField(allow_blank=True)
-
-
-class CapabilitiesSerializer(serializers.Serializer[Any]):
-    """What a runtime said it can do at its last probe; null where it did not say (older runtimes)."""
-
-    protocol_version = serializers.CharField(allow_null=True)
-    backend = serializers.CharField(allow_null=True, help_text="memory | fs_store")
-    profiles = ProfileInfoSerializer(many=True, allow_null=True)
-    default_profile = serializers.CharField(allow_null=True)
-    max_transcript_items = serializers.IntegerField(allow_null=True)
-    max_input_bytes = serializers.IntegerField(allow_null=True)
-
-
-RUNTIME_STATES = ("configured", "online", "offline", "unauthorized", "error", "disabled")
-
-
-class RuntimeStatusSerializer(serializers.Serializer[Any]):
-    """The cached status of a runtime."""
-
-    state = serializers.ChoiceField(choices=RUNTIME_STATES, help_text="configured = never probed.")
-    checked_at = serializers.DateTimeField(allow_null=True)
-    last_seen_at = serializers.DateTimeField(allow_null=True)
-    error_code = serializers.CharField(allow_null=True, help_text="The error code of the last failure, or null.")
-    reason = serializers.CharField(
-        allow_null=True, help_text='Why, when known: "tls", or the setting at fault (e.g. "token_ref"); else null.'
-    )
-
-
 # many=False: drf-spectacular would otherwise document a ViewSet ``list`` action as a bare JSON array.
 @extend_schema_serializer(many=False)
 class RuntimeListSerializer(serializers.Serializer[Any]):
@@ -300,118 +263,30 @@ class WorkerListAllSerializer(serializers.Serializer[Any]):
 
 
 class _RefinedSerializer(OpenApiSerializerExtension):
-    """Names a serializer's component and patches what drf-spectacular cannot infer.
+    """Names an input serializer's component and adds what its validation says that drf-spectacular cannot
+    read from the fields (patterns of the custom text checks, the keys of ``intent``).
 
-    ``not_required`` keys are left out of the body when unknown (so: not required, never null); ``properties``
-    replace inferred property schemas (a Serializer class is resolved to its component, a Field is mapped).
+    ``properties`` replace the inferred property schemas. The output serializers describe themselves
+    (typed fields, ``extend_schema_field``, ``extend_schema_serializer``) in ``workers.serializers``.
     """
 
     component: str = ""
-    not_required: tuple[str, ...] = ()
     properties: dict[str, Any] = {}
-    description: str = ""
 
     def get_name(self, auto_schema: AutoSchema, direction: Direction) -> str | None:
         """The component name (drf-spectacular adds ``Request`` for request bodies)."""
         return self.component or None
 
     def map_serializer(self, auto_schema: AutoSchema, direction: Direction) -> dict[str, Any]:
-        """drf-spectacular's schema, patched."""
+        """drf-spectacular's own schema of the serializer, with ``properties`` laid over it."""
         schema: dict[str, Any] = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
-        props: dict[str, Any] = schema.setdefault("properties", {})
-        for name, value in self.properties.items():
-            if isinstance(value, type) and issubclass(value, serializers.Serializer):
-                component: ResolvedComponent = auto_schema.resolve_serializer(value, direction)
-                value = component.ref
-            elif isinstance(value, serializers.Field):
-                value = auto_schema._map_serializer_field(value, direction)
-            props[name] = dict(value)
-        if self.not_required:
-            schema["required"] = [name for name in schema.get("required", []) if name not in self.not_required]
-            for name in self.not_required:
-                props.get(name, {}).pop("nullable", None)
-            if not schema["required"]:
-                del schema["required"]
-        if self.description:
-            schema["description"] = self.description
+        schema.setdefault("properties", {}).update({name: dict(value) for name, value in self.properties.items()})
         return schema
 
 
 # Text the input serializers accept: no NUL character (DRF refuses it), and not blank where they say so.
 NO_NUL_TEXT = r"^[^\x00]*$"
 NON_BLANK_TEXT = r"^[^\x00]*[^\s\x00][^\x00]*$"
-_EVENT_ID = {"oneOf": [{"type": "integer"}, {"type": "string"}], "description": "The event's sequence number."}
-_TIMESTAMP = {"type": "string", "format": "date-time"}
-
-
-class WorkerSchema(_RefinedSerializer):
-    """Worker."""
-
-    target_class = WorkerOutputSerializer
-    component = "Worker"
-    not_required = ("created_at", "updated_at", "reason", "exit_code")
-    properties = {
-        "status": {"type": "string", "description": "running | stopped | cancelled | failed"},
-        "intent": {"type": "object", "additionalProperties": {}, "description": 'e.g. {"kind": "assistant"}'},
-        "created_at": _TIMESTAMP,
-        "updated_at": _TIMESTAMP,
-        "reason": {"type": "string", "description": "Why the worker ended, when known."},
-        "exit_code": {"type": "integer", "description": "Exit code of a subprocess profile, when known."},
-        "epoch": {
-            "type": "string",
-            "nullable": True,
-            "description": "The epoch of the worker's event stream: a new value under the same ids means a "
-            "new stream whose seqs say nothing about the old one's. Null when the runtime has no epochs.",
-        },
-    }
-
-
-class AckSchema(_RefinedSerializer):
-    """Ack."""
-
-    target_class = AckOutputSerializer
-    component = "Ack"
-    not_required = ("transcript_sequence", "event_id")
-    properties = {
-        "status": {"type": "string", "description": "The worker's status after the command."},
-        "event_id": _EVENT_ID,
-    }
-
-
-class TranscriptItemSchema(_RefinedSerializer):
-    """TranscriptItem."""
-
-    target_class = TranscriptItemOutputSerializer
-    component = "TranscriptItem"
-    properties = {"event_id": {**_EVENT_ID, "nullable": True}}
-
-
-class TranscriptPageSchema(_RefinedSerializer):
-    """TranscriptPage."""
-
-    target_class = TranscriptPageOutputSerializer
-    component = "TranscriptPage"
-    properties = {"next_start": {"type": "integer", "nullable": True, "description": "Null on the last page."}}
-
-
-class RuntimeSchema(_RefinedSerializer):
-    """Runtime: never its address or token."""
-
-    target_class = RuntimeOutputSerializer
-    component = "Runtime"
-    properties = {
-        "kind": {"type": "string", "enum": ["embedded", "remote"]},
-        "status": RuntimeStatusSerializer,
-        "capabilities": CapabilitiesSerializer,
-    }
-
-
-class RuntimeFailureSchema(_RefinedSerializer):
-    """RuntimeFailure."""
-
-    target_class = RuntimeFailureOutputSerializer
-    component = "RuntimeFailure"
-    properties = {"code": serializers.ChoiceField(choices=ERROR_CODE_CHOICES)}
 
 
 class WorkerCreateSchema(_RefinedSerializer):

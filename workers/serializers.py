@@ -9,68 +9,31 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote
 
-from django.http import HttpRequest
-from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
-from runtimes.types import WorkerDetail, WorkerSpec, is_valid_id
-
-ID_MESSAGE = "must be 1-120 characters of A-Z a-z 0-9 _ : -"
+from runtimes.types import (
+    INPUT_KINDS,
+    INTENT_KINDS,
+    MAX_JSON_SAFE_INT,
+    MAX_REASON_CHARS,
+    Capabilities,
+    WorkerSpec,
+    is_valid_id,
+)
+from workers.ids import ID_MESSAGE
 
 # Bounds checked here so that an oversized body never reaches a runtime (the runtime default is 1 MiB).
 MAX_INPUT_BYTES = 1024 * 1024
 MAX_PROFILE_CHARS = 200
-MAX_REASON_CHARS = 500
 TRANSCRIPT_DEFAULT_LIMIT = 50
 TRANSCRIPT_MAX_LIMIT = 200
-MAX_JSON_SAFE_INT = 2**53 - 1
-INTENT_KINDS = ("assistant", "task", "role")
-INPUT_KINDS = ("user", "system")
-
-
-def id_errors(*, runtime_id: str | None = None, worker_id: str | None = None) -> dict[str, list[str]]:
-    """``{field: [message]}`` for each given id that is not of the §1 alphabet."""
-    given = {"runtime_id": runtime_id, "worker_id": worker_id}
-    return {name: [ID_MESSAGE] for name, value in given.items() if value is not None and not is_valid_id(value)}
-
-
-def raw_request_path(request: HttpRequest) -> str | None:
-    """The path as the client sent it (still percent-encoded), when the server tells us (ASGI raw_path)."""
-    scope = getattr(request, "scope", None)
-    if isinstance(scope, dict) and isinstance(scope.get("raw_path"), bytes):
-        return scope["raw_path"].decode("latin-1")
-    for key in ("RAW_URI", "REQUEST_URI"):
-        value = request.META.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return None
-
-
-def path_id_errors(path: str) -> dict[str, list[str]]:
-    """Check the id segments of ``/api/v1/runtimes/<runtime_id>/workers/<worker_id>/…`` in a path.
-
-    On a raw path this catches ids that decoding would split (``a%2Fb``), which no route can see whole.
-    """
-    parts = path.split("?", 1)[0].split("/")
-    for index in range(len(parts) - 2):
-        if parts[index : index + 3] == ["api", "v1", "runtimes"]:
-            ids = parts[index + 3 :]
-            break
-    else:
-        return {}
-
-    def segment(position: int) -> str | None:
-        # An empty last segment is the trailing slash of a list route, not an empty id.
-        if position >= len(ids) or (position == len(ids) - 1 and ids[position] == ""):
-            return None
-        return unquote(ids[position], errors="replace")
-
-    runtime_id = segment(0)
-    worker_id = segment(2) if len(ids) > 1 and ids[1] == "workers" else None
-    return id_errors(runtime_id=runtime_id, worker_id=worker_id)
+RUNTIME_KINDS = ("embedded", "remote")
+# A runtime row's status, or "disabled" for a runtime the registry does not contact.
+RUNTIME_STATES = ("configured", "online", "offline", "unauthorized", "error", "disabled")
 
 
 def _check_input_size(value: str) -> str:
@@ -218,7 +181,10 @@ def iso_from_epoch(value: float | None) -> str | None:
 
 
 class _OmitUnknownMixin(serializers.Serializer[Any]):
-    """Drops the listed optional keys from the output when their value is unknown (None)."""
+    """Drops the listed optional keys from the output when their value is unknown (None).
+
+    Those fields are declared ``required=False`` and not nullable: the schema says they may be absent.
+    """
 
     omit_when_none: tuple[str, ...] = ()
 
@@ -231,6 +197,34 @@ class _OmitUnknownMixin(serializers.Serializer[Any]):
         return data
 
 
+@extend_schema_field(OpenApiTypes.DATETIME)
+class EpochDateTimeField(serializers.Field):
+    """A POSIX timestamp (seconds) shown as ISO 8601 UTC (``…Z``); None when unknown or out of range."""
+
+    def to_representation(self, value: float) -> str | None:
+        """The ISO 8601 text."""
+        return iso_from_epoch(value)
+
+
+@extend_schema_field({"oneOf": [{"type": "integer"}, {"type": "string"}]})
+class EventIdField(serializers.JSONField):
+    """An event id as the runtime gave it: its sequence number, an integer or a string."""
+
+
+@extend_schema_field({"$ref": "#/components/schemas/ErrorCodeEnum"})
+class ErrorCodeField(serializers.CharField):
+    """An error code of the closed vocabulary (the ErrorCodeEnum of the error envelope)."""
+
+
+class BlankAsNullCharField(serializers.CharField):
+    """Text whose empty value is shown as null (an error code that is not there)."""
+
+    def to_representation(self, value: Any) -> str | None:  # type: ignore[override]
+        """The text, or None for an empty one."""
+        return str(value) or None
+
+
+@extend_schema_serializer(component_name="Worker")
 class WorkerOutputSerializer(_OmitUnknownMixin):
     """A worker, always addressed by runtime_id + worker_id; the same for embedded and remote runtimes."""
 
@@ -238,26 +232,25 @@ class WorkerOutputSerializer(_OmitUnknownMixin):
 
     runtime_id = serializers.CharField()
     worker_id = serializers.CharField()
-    status = serializers.CharField()
+    status = serializers.CharField(help_text="running | stopped | cancelled | failed")
     profile = serializers.CharField(allow_null=True)
-    intent = serializers.DictField()
+    intent = serializers.DictField(help_text='e.g. {"kind": "assistant"}')
     transcript_len = serializers.IntegerField(allow_null=True)
     last_seq = serializers.IntegerField(allow_null=True)
-    created_at = serializers.SerializerMethodField()
-    updated_at = serializers.SerializerMethodField()
-    reason = serializers.CharField(allow_null=True)
-    exit_code = serializers.IntegerField(allow_null=True)
-    epoch = serializers.CharField(allow_null=True)
-
-    def get_created_at(self, worker: WorkerDetail) -> str | None:
-        """When the runtime created the worker (ISO 8601), if it says."""
-        return iso_from_epoch(worker.created_at)
-
-    def get_updated_at(self, worker: WorkerDetail) -> str | None:
-        """When the worker last changed (ISO 8601), if the runtime says."""
-        return iso_from_epoch(worker.updated_at)
+    created_at = EpochDateTimeField(required=False, help_text="When the runtime created the worker, if it says.")
+    updated_at = EpochDateTimeField(required=False, help_text="When the worker last changed, if the runtime says.")
+    reason = serializers.CharField(required=False, help_text="Why the worker ended, when known.")
+    exit_code = serializers.IntegerField(
+        required=False, help_text="Exit code of a subprocess profile, when known."
+    )
+    epoch = serializers.CharField(
+        allow_null=True,
+        help_text="The epoch of the worker's event stream: a new value under the same ids means a new stream "
+        "whose seqs say nothing about the old one's. Null when the runtime has no epochs.",
+    )
 
 
+@extend_schema_serializer(component_name="Ack")
 class AckOutputSerializer(_OmitUnknownMixin):
     """A runtime's acknowledgement of a command."""
 
@@ -265,20 +258,22 @@ class AckOutputSerializer(_OmitUnknownMixin):
 
     runtime_id = serializers.CharField()
     worker_id = serializers.CharField()
-    status = serializers.CharField()
-    transcript_sequence = serializers.IntegerField(allow_null=True)
-    event_id = serializers.JSONField(allow_null=True)
+    status = serializers.CharField(help_text="The worker's status after the command.")
+    transcript_sequence = serializers.IntegerField(required=False)
+    event_id = EventIdField(required=False, help_text="The event's sequence number.")
 
 
+@extend_schema_serializer(component_name="TranscriptItem")
 class TranscriptItemOutputSerializer(serializers.Serializer[Any]):
     """One transcript entry."""
 
     sequence = serializers.IntegerField()
     role = serializers.CharField()
     content = serializers.CharField(trim_whitespace=False)
-    event_id = serializers.JSONField(allow_null=True)
+    event_id = EventIdField(allow_null=True, help_text="The event's sequence number.")
 
 
+@extend_schema_serializer(component_name="TranscriptPage")
 class TranscriptPageOutputSerializer(serializers.Serializer[Any]):
     """A bounded page of a worker's transcript."""
 
@@ -288,52 +283,68 @@ class TranscriptPageOutputSerializer(serializers.Serializer[Any]):
     limit = serializers.IntegerField()
     total_items = serializers.IntegerField()
     items = TranscriptItemOutputSerializer(many=True)
-    next_start = serializers.IntegerField(allow_null=True)
+    next_start = serializers.IntegerField(allow_null=True, help_text="Null on the last page.")
 
 
+@extend_schema_serializer(component_name="RuntimeStatus")
 class RuntimeStatusOutputSerializer(serializers.Serializer[Any]):
     """The cached status of a runtime (read from a RuntimeView)."""
 
-    state = serializers.CharField()
+    state = serializers.ChoiceField(choices=RUNTIME_STATES, help_text="configured = never probed.")
     checked_at = serializers.DateTimeField(allow_null=True)
     last_seen_at = serializers.DateTimeField(allow_null=True)
-    error_code = serializers.SerializerMethodField()
-    reason = serializers.SerializerMethodField()
-
-    def get_error_code(self, view: Any) -> str | None:
-        """The last failure's code, or null when there is none."""
-        return view.error_code or None
-
-    def get_reason(self, view: Any) -> str | None:
-        """Why the last failure happened (``tls``, or the setting at fault), or null."""
-        return view.error_reason or None
+    error_code = BlankAsNullCharField(allow_null=True, help_text="The error code of the last failure, or null.")
+    reason = BlankAsNullCharField(
+        source="error_reason",
+        allow_null=True,
+        help_text='Why, when known: "tls", or the setting at fault (e.g. "token_ref"); else null.',
+    )
 
 
-_STATUS_SERIALIZER = RuntimeStatusOutputSerializer()
+@extend_schema_serializer(component_name="ProfileInfo")
+class ProfileInfoOutputSerializer(serializers.Serializer[Any]):
+    """A profile a runtime offers."""
+
+    name = serializers.CharField(help_text="Pass as `profile` when creating a worker.")
+    description = serializers.CharField(allow_blank=True)
 
 
+@extend_schema_serializer(component_name="Capabilities")
+class CapabilitiesOutputSerializer(serializers.Serializer[Any]):
+    """What a runtime said it can do at its last probe; null where it did not say (older runtimes)."""
+
+    protocol_version = serializers.CharField(allow_null=True)
+    backend = serializers.CharField(allow_null=True, help_text="memory | fs_store")
+    profiles = ProfileInfoOutputSerializer(many=True, allow_null=True)
+    default_profile = serializers.CharField(allow_null=True)
+    max_transcript_items = serializers.IntegerField(allow_null=True)
+    max_input_bytes = serializers.IntegerField(allow_null=True)
+
+
+@extend_schema_field(CapabilitiesOutputSerializer)
+class CapabilitiesField(serializers.Field):
+    """A ``Capabilities`` in its cached JSON form (the shape of CapabilitiesOutputSerializer)."""
+
+    def to_representation(self, value: Capabilities) -> dict[str, Any]:
+        """``Capabilities.to_json()``: one dict per row, no nested serializer pass (the list route's time)."""
+        return value.to_json()
+
+
+@extend_schema_serializer(component_name="Runtime")
 class RuntimeOutputSerializer(serializers.Serializer[Any]):
     """A runtime as a browser sees it: identity, kind, status, capabilities; never its address or token."""
 
     runtime_id = serializers.CharField()
     display_name = serializers.CharField()
-    kind = serializers.CharField()
+    kind = serializers.ChoiceField(choices=RUNTIME_KINDS)
     enabled = serializers.BooleanField()
-    status = serializers.SerializerMethodField()
-    capabilities = serializers.SerializerMethodField()
-
-    def get_status(self, view: Any) -> dict[str, Any]:
-        """``{state, checked_at, last_seen_at, error_code, reason}``."""
-        # One shared instance: a new nested serializer per row deep-copies its fields (most of a list's time).
-        return dict(_STATUS_SERIALIZER.to_representation(view))
-
-    def get_capabilities(self, view: Any) -> dict[str, Any]:
-        """The cached capabilities (unknown values are null)."""
-        return view.capabilities.to_json()
+    status = RuntimeStatusOutputSerializer(source="*")
+    capabilities = CapabilitiesField()
 
 
+@extend_schema_serializer(component_name="RuntimeFailure")
 class RuntimeFailureOutputSerializer(serializers.Serializer[Any]):
     """One runtime that could not be listed in a cross-runtime listing."""
 
     runtime_id = serializers.CharField()
-    code = serializers.CharField()
+    code = ErrorCodeField()

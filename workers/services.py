@@ -18,10 +18,10 @@ from django.utils.crypto import salted_hmac
 
 from runtimes.errors import YoiError
 from runtimes.handles.base import RuntimeHandle
-from runtimes.health import runtime_call
 from runtimes.models import AuditEvent
 from runtimes.registry import registry
 from runtimes.selectors import RequestUser, runtime_is_visible, runtime_require_visible
+from runtimes.status import DeferredWrites
 from runtimes.types import Ack, TranscriptPage, WorkerDetail, WorkerSpec, is_valid_id
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class WorkerListing:
 
 def _query(runtime_id: str, user: RequestUser, operation: Callable[[RuntimeHandle], T]) -> T:
     runtime_require_visible(runtime_id=runtime_id, user=user)
-    return runtime_call(runtime_id, operation)
+    return registry.call(runtime_id, operation)
 
 
 def _command(
@@ -59,7 +59,7 @@ def _command(
     outcome, audited_worker = "ok", worker_id
     try:
         runtime_require_visible(runtime_id=runtime_id, user=user)  # a refusal for visibility is audited too
-        result = runtime_call(runtime_id, operation)
+        result = registry.call(runtime_id, operation)
         audited_worker = getattr(result, "worker_id", worker_id)  # a create learns its id only now
         return result
     except YoiError as error:
@@ -223,10 +223,12 @@ def worker_list_all(*, user: RequestUser) -> WorkerListing:
         if conn.enabled and runtime_is_visible(connection=conn, user=user)
     )
 
+    writes = DeferredWrites()
+
     def one(runtime_id: str) -> list[WorkerDetail] | RuntimeFailure:
-        # No database access in pool threads: only the upstream call runs here.
+        # No database access in pool threads: only the upstream call runs here; its status writes wait.
         try:
-            return registry.call(runtime_id, lambda handle: handle.list_workers(), refresh=False)
+            return registry.call(runtime_id, lambda handle: handle.list_workers(), refresh=False, writes=writes)
         except YoiError as error:
             return RuntimeFailure(runtime_id=runtime_id, code=error.code)
 
@@ -239,4 +241,5 @@ def worker_list_all(*, user: RequestUser) -> WorkerListing:
                     errors.append(result)
                 else:
                     items.extend(result)
+    writes.apply()
     return WorkerListing(items=items, errors=errors)

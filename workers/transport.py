@@ -1,13 +1,14 @@
-"""What the relay may know about a browser's WebSocket under daphne: its unsent bytes, and a direct write.
+"""Step 5 of the event path: a frame written straight to a browser's WebSocket under daphne.
 
-Under daphne an ASGI ``websocket.send`` returns at once and the bytes pile up in Twisted's write buffer, so
-a browser that stops reading is invisible to the application; and every frame sent through the consumer
-costs a task wake-up and an ``await`` chain, which with a thousand browsers on one worker is most of the
-process's time. This module looks through the ``send`` callable daphne gives each connection to its
-protocol and Twisted transport, to read the transport's buffer size (backpressure) and to write a frame
-synchronously from the relay's own fan-out pass, encoded once for all browsers (``DirectWriter``). It is
-the only place that knows those internals; under any other server it answers ``None`` and the relay falls
-back to the consumer's ``send`` and its own bounded queue.
+Every frame sent through a Channels consumer costs a task wake-up and an ``await`` chain, which with a
+thousand browsers on one worker is most of the process's time. This module looks through the ``send``
+callable daphne gives each connection to its protocol and Twisted transport, and writes a frame
+synchronously from the relay's own fan-out pass, encoded once for all browsers (``DirectWriter``).
+Backpressure comes from Twisted's producer API: the writer registers as the transport's push producer, so
+Twisted tells it when the browser stops reading (``pauseProducing``) and when it has caught up
+(``resumeProducing``). It is the only place that knows daphne's, Twisted's and autobahn's internals; the
+versions it is tested with are pinned in pyproject.toml, and under any other server it answers ``None``
+and the relay falls back to the consumer's ``send``.
 """
 
 from __future__ import annotations
@@ -48,11 +49,6 @@ def _buffered_bytes(transport: Any) -> int | None:
         return len(transport.dataBuffer) - int(transport.offset) + int(transport._tempDataLen)
     except (AttributeError, TypeError):
         return None
-
-
-def pending_write_bytes(send: Callable[..., Any]) -> int | None:
-    """Bytes queued in the connection's transport, or None when the server does not let us see them."""
-    return _buffered_bytes(getattr(_protocol_of(send), "transport", None))
 
 
 @functools.lru_cache(maxsize=4)
@@ -116,6 +112,9 @@ class DirectWriter:
         self._turn_flush = turn_flush
         self._out: list[bytes] = []
         self._out_bytes = 0
+        self._waiters: list[asyncio.Future[None]] = []
+        self._stopped = False
+        self.previous: Any = None  # the producer the transport had before (see direct_writer)
 
     def __repr__(self) -> str:
         return f"DirectWriter(waiting_bytes={self._out_bytes})"
@@ -124,6 +123,38 @@ class DirectWriter:
         """More than WRITE_HIGH_WATER bytes written that the browser has not read yet."""
         pending = _buffered_bytes(self._protocol.transport)
         return pending is None or pending + self._out_bytes > WRITE_HIGH_WATER
+
+    async def drained(self) -> None:
+        """Return once the browser is no longer backed up (or the connection is gone)."""
+        while self.backed_up() and not self._stopped and self._protocol.state == self._protocol.STATE_OPEN:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # Twisted's IPushProducer: the transport pauses us when its buffer fills and resumes us once empty.
+    def pauseProducing(self) -> None:
+        """The browser stopped reading for now (Twisted's buffer is full): ``backed_up`` says how far."""
+        if self.previous is not None:
+            self.previous.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """Twisted wrote out everything it had buffered for this connection."""
+        if self.previous is not None:
+            self.previous.resumeProducing()
+        self._wake()
+
+    def stopProducing(self) -> None:
+        """The connection is gone."""
+        self._stopped = True
+        if self.previous is not None:
+            self.previous.stopProducing()
+        self._wake()
 
     def writable(self) -> bool:
         """Open, nothing of autobahn's own waiting to go out, and not backed up."""
@@ -155,6 +186,8 @@ class DirectWriter:
         self._out_bytes = 0
         if self._protocol.state == self._protocol.STATE_OPEN:
             self._send(wire)
+        if self._waiters and not self.backed_up():
+            self._wake()
 
     def _send(self, wire: bytes) -> None:
         """Hand bytes to the socket now when Twisted has nothing buffered for it (as asyncio's own transports
@@ -173,10 +206,29 @@ class DirectWriter:
         transport.write(wire)
 
 
+# Which way this process writes frames, logged once each: the process-level guard test reads the log
+# (tests/relay_e2e/test_direct_writes.py), so an upgrade of daphne, Twisted or autobahn that loses the
+# direct path fails a test instead of slowing the relay down silently.
+_reported: set[str] = set()
+
+
+def _report(mode: str, reason: str) -> None:
+    if mode in _reported:
+        return
+    _reported.add(mode)
+    if mode == "direct":
+        logger.info("workers.transport.direct_writes", extra={"reason": reason})
+    else:
+        logger.warning("workers.transport.direct_writes_unavailable", extra={"reason": reason})
+
+
 def direct_writer(send: Callable[..., Any]) -> DirectWriter | None:
     """A DirectWriter for the connection behind ``send`` (call on its event loop), or None when it is not a
-    daphne WebSocket."""
+    daphne WebSocket this module knows how to write to."""
     protocol = _protocol_of(send)
+    if protocol is None:
+        _report("fallback", "not_daphne")
+        return None
     required = (
         "handle_reply",
         "state",
@@ -187,16 +239,30 @@ def direct_writer(send: Callable[..., Any]) -> DirectWriter | None:
         "autoFragmentSize",
         "_perMessageCompress",
     )
-    if protocol is None or not all(hasattr(protocol, name) for name in required):
-        return None
-    transport = protocol.transport
-    if _buffered_bytes(transport) is None or not hasattr(transport, "socket") or not hasattr(transport, "TLS"):
+    missing = [name for name in required if not hasattr(protocol, name)]
+    transport: Any = getattr(protocol, "transport", None)
+    if not missing and (_buffered_bytes(transport) is None or not hasattr(transport, "socket")):
+        missing = ["transport.buffer"]
+    if not missing:
+        missing = [
+            f"transport.{name}" for name in ("TLS", "producer", "registerProducer") if not hasattr(transport, name)
+        ]
+    if missing:
+        _report("fallback", "missing:" + ",".join(missing))
         return None
     loop = asyncio.get_running_loop()
     turn_flush = _turn_flushes.get(loop)
     if turn_flush is None:
         turn_flush = _turn_flushes[loop] = _TurnFlush(loop)
-    return DirectWriter(protocol, turn_flush)
+    writer = DirectWriter(protocol, turn_flush)
+    # The HTTP channel that accepted the upgrade is still the transport's producer (Twisted's HTTPChannel
+    # registers itself); the writer takes its place and passes every call on to it, so it behaves as before.
+    writer.previous = transport.producer
+    if writer.previous is not None:
+        transport.unregisterProducer()
+    transport.registerProducer(writer, True)
+    _report("direct", "daphne")
+    return writer
 
 
 def limit_incoming(send: Callable[..., Any], *, max_messages: int, max_bytes: int) -> bool:

@@ -25,6 +25,7 @@ from rest_framework.throttling import BaseThrottle
 from runtimes.errors import InvalidRequest, RateLimited
 from runtimes.selectors import runtime_get_visible, runtime_list_visible
 from workers.exceptions import error_code
+from workers.ids import id_errors, path_id_errors, raw_request_path
 from workers.schema import OPERATIONS_RUNTIME, OPERATIONS_RUNTIME_WORKER, OPERATIONS_WORKER
 from workers.serializers import (
     AckOutputSerializer,
@@ -36,9 +37,6 @@ from workers.serializers import (
     WorkerEndInputSerializer,
     WorkerInputInputSerializer,
     WorkerOutputSerializer,
-    id_errors,
-    path_id_errors,
-    raw_request_path,
 )
 from workers.services import (
     worker_cancel,

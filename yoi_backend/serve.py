@@ -34,6 +34,8 @@ from twisted.web.http import HTTPChannel, _ChunkedTransferDecoder  # isort:skip
 
 from yoi_backend.bodylimits import BodyPolicy, Refusal, has_session_cookie, payload_too_large, request_path  # isort:skip
 
+from yoi_backend import lifecycle  # isort:skip
+
 # Twisted's reactor is typed by its zope interfaces, which mypy reads as unbound methods.
 reactor: Any = _reactor
 
@@ -198,8 +200,6 @@ class BackendServer(Server):
 
     def graceful_stop(self) -> None:
         """First signal: drain, then stop. Second signal: stop now."""
-        from yoi_backend import lifecycle
-
         if self._stopping_since is not None:
             self.stop()
             return
@@ -208,8 +208,6 @@ class BackendServer(Server):
         reactor.callLater(_seconds("YOI_DRAIN_DELAY_SECONDS", DEFAULT_DRAIN_DELAY), self._close_connections)
 
     def _close_connections(self) -> None:
-        from yoi_backend import lifecycle
-
         lifecycle.run_drain_hooks()
         self._grace_deadline = time.monotonic() + _seconds("YOI_DRAIN_GRACE_SECONDS", DEFAULT_DRAIN_GRACE)
         self._stop_when_idle()

@@ -122,7 +122,7 @@ YOI_REGISTRY_REFRESH_SECONDS = number_setting("YOI_REGISTRY_REFRESH_SECONDS", 2.
 # Threads serving HTTP requests (yoi_backend/handler.py). A request holds its thread while it waits on a
 # runtime, so this bounds how many requests can wait at once; each thread keeps one database connection.
 YOI_HTTP_THREADS = int(number_setting("YOI_HTTP_THREADS", 128))
-# The event relay (workers/relay.py): how long an upstream outlives its last browser, how many frames a
+# The event relay (workers/relay/): how long an upstream outlives its last browser, how many frames a
 # browser may have queued before it is sent a reset, the per-worker replay buffer, and reconnect backoff.
 YOI_RELAY_LINGER_SECONDS = number_setting("YOI_RELAY_LINGER_SECONDS", 2.0)
 YOI_RELAY_SUBSCRIBER_FRAMES = int(number_setting("YOI_RELAY_SUBSCRIBER_FRAMES", 2048))
@@ -361,7 +361,7 @@ SPECTACULAR_SETTINGS = {
     "SCHEMA_PATH_PREFIX": r"/api/v1",
     "ENUM_NAME_OVERRIDES": {
         "ErrorCodeEnum": "workers.schema.ERROR_CODE_CHOICES",
-        "RuntimeStateEnum": "workers.schema.RUNTIME_STATES",
+        "RuntimeStateEnum": "workers.serializers.RUNTIME_STATES",
     },
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     # Each operation lists these two (from REST_FRAMEWORK's authentication classes); defined here to say how.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
+from runtimes.errors import YoiError
 from runtimes.types import (
     Ack,
     Capabilities,
@@ -32,10 +33,33 @@ class EventStream(Protocol):
     def close(self) -> None: ...
 
 
+class EventSink(Protocol):
+    """Where a live stream delivers, on the event loop that opened it: items in order, then its end once.
+
+    ``event_end(None)`` means the stream ended after the worker's final event; any other end is a typed
+    error. Neither is called after ``LiveEvents.close()``.
+    """
+
+    def event_item(self, item: WorkerEvent | StreamReset) -> None: ...
+    def event_end(self, error: YoiError | None) -> None: ...
+
+
+class LiveEvents(Protocol):
+    """An open live stream (see ``RuntimeHandle.watch_events``): it can hold back, resume, and stop.
+    ``epoch`` is that of ``EventStream``."""
+
+    epoch: str | None
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close(self) -> None: ...
+
+
 class RuntimeHandle(Protocol):
     """Commands and queries against one runtime. Every failure is a ``runtimes.errors.YoiError``.
 
-    Methods are synchronous and may block on I/O: async callers run them in a thread.
+    Methods are synchronous and may block on I/O (async callers run them in a thread), except
+    ``watch_events``, which runs on the event loop and pushes a live stream to a sink.
     """
 
     runtime_id: str
@@ -57,4 +81,5 @@ class RuntimeHandle(Protocol):
     ) -> Ack: ...
     def transcript(self, worker_id: str, *, start: int, limit: int) -> TranscriptPage: ...
     def open_events(self, worker_id: str, *, after: int | None) -> EventStream: ...
+    async def watch_events(self, worker_id: str, *, after: int | None, sink: EventSink) -> LiveEvents: ...
     def close(self) -> None: ...

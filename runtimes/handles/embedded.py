@@ -7,6 +7,8 @@ Backend's data dir; a store held by another process makes the runtime unavailabl
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -24,8 +26,10 @@ from runtimes.errors import (
     WorkerNotFound,
     YoiError,
 )
+from runtimes.handles.base import EventSink
 from runtimes.handles.parse import parse_ack, parse_event, parse_summary, parse_transcript, parse_worker
 from runtimes.types import (
+    FINAL_EVENT,
     RESET_HISTORY_EXPIRED,
     Ack,
     Capabilities,
@@ -54,7 +58,6 @@ from worker_runtime.store import FsStore
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 E = TypeVar("E", bound=RuntimeUnreachable)
-FINAL_EVENT = "worker_exited"
 
 
 class EmbeddedEventStream:
@@ -101,6 +104,77 @@ class EmbeddedEventStream:
             self._closed.set()
             self._subscription.close()
             self._queue.put(None)
+
+
+class EmbeddedLiveEvents:
+    """A worker's events from the in-process core pushed to a sink on the event loop: the backlog, then
+    each batch the core's listener hands over (one hand-off per batch, from the thread that logged it)."""
+
+    def __init__(self, *, runtime_id: str, worker_id: str, sink: EventSink) -> None:
+        self.runtime_id = runtime_id
+        self.worker_id = worker_id
+        self._sink = sink
+        self._loop = asyncio.get_running_loop()
+        self._subscription: Subscription | None = None
+        self._closed = False
+        self.epoch: str | None = None  # the worker event log's epoch, once started
+
+    def __repr__(self) -> str:
+        return f"EmbeddedLiveEvents(runtime_id={self.runtime_id!r}, worker_id={self.worker_id!r})"
+
+    def start(self, core: WorkerRuntime, *, after: int | None) -> None:
+        """Subscribe to the core (any thread); the backlog and every later batch go to the loop."""
+        subscription = core.subscribe(self.worker_id, after=after, listener=self._hand_over)
+        self._subscription = subscription
+        self.epoch = subscription.epoch or None
+        if subscription.reset_earliest_seq is not None:
+            reset = StreamReset(
+                reason=subscription.reset_reason or RESET_HISTORY_EXPIRED,
+                earliest_seq=subscription.reset_earliest_seq,
+                epoch=self.epoch,
+            )
+            self._loop.call_soon_threadsafe(self._deliver_reset, reset)
+        self._hand_over(subscription.backlog)
+        if subscription.finished:
+            # The backlog ends the log: nothing follows (a cursor at the end of a finished worker's log).
+            self._loop.call_soon_threadsafe(self._end_finished)
+
+    def _end_finished(self) -> None:
+        if not self._closed:
+            self.close()
+            self._sink.event_end(None)
+
+    def _hand_over(self, batch: Sequence[Event]) -> None:
+        if batch and not self._closed:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening any more
+                self._loop.call_soon_threadsafe(self._deliver, list(batch))
+
+    def _deliver_reset(self, reset: StreamReset) -> None:
+        if not self._closed:
+            self._sink.event_item(reset)
+
+    def _deliver(self, batch: list[Event]) -> None:
+        for event in batch:
+            if self._closed:
+                return
+            item = parse_event(event.kind, event.to_json(), runtime_id=self.runtime_id, worker_id=self.worker_id)
+            self._sink.event_item(item)
+            if isinstance(item, WorkerEvent) and item.event == FINAL_EVENT:
+                self.close()
+                self._sink.event_end(None)
+                return
+
+    def pause_reading(self) -> None:
+        """Nothing to hold back: the core hands over what it logged, batch by batch."""
+
+    def resume_reading(self) -> None:
+        """See ``pause_reading``."""
+
+    def close(self) -> None:
+        """Stop delivering (no ``event_end``)."""
+        self._closed = True
+        if self._subscription is not None:
+            self._subscription.close()
 
 
 class EmbeddedRuntimeHandle:
@@ -306,6 +380,14 @@ class EmbeddedRuntimeHandle:
             route="open_events",
             worker_id=worker_id,
         )
+
+    async def watch_events(self, worker_id: str, *, after: int | None, sink: EventSink) -> EmbeddedLiveEvents:
+        """The worker's live stream pushed to ``sink`` on the running loop (the core opens on a thread)."""
+        live = EmbeddedLiveEvents(runtime_id=self.runtime_id, worker_id=worker_id, sink=sink)
+        await asyncio.to_thread(
+            self._call, lambda core: live.start(core, after=after), route="open_events", worker_id=worker_id
+        )
+        return live
 
     def close(self) -> None:
         """Close the core: subprocess workers end, the store lock is released."""

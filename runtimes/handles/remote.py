@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -15,9 +16,11 @@ from runtimes.client import (
     PATH_WORKER_TRANSCRIPT,
     PATH_WORKERS,
     ClientEventStream,
+    LiveEventStream,
     RemoteRuntimeClient,
 )
-from runtimes.errors import TRANSPORT_FAILURES, RuntimeUnreachable
+from runtimes.errors import TRANSPORT_FAILURES, RuntimeUnreachable, YoiError
+from runtimes.handles.base import EventSink
 from runtimes.handles.parse import (
     parse_ack,
     parse_event,
@@ -30,6 +33,7 @@ from runtimes.handles.parse import (
 )
 from runtimes.scrub import Scrubber
 from runtimes.types import (
+    FINAL_EVENT,
     Ack,
     Capabilities,
     RuntimeKind,
@@ -42,8 +46,6 @@ from runtimes.types import (
 )
 
 logger = logging.getLogger(__name__)
-
-FINAL_EVENT = "worker_exited"
 
 
 class RemoteEventStream:
@@ -87,6 +89,57 @@ class RemoteEventStream:
     def close(self) -> None:
         """Stop the stream; a reader blocked in another thread returns."""
         self._stream.close()
+
+
+class RemoteLiveEvents:
+    """A live stream's messages parsed for a sink; the worker's final event ends it (see EventSink)."""
+
+    def __init__(self, handle: RemoteRuntimeHandle, worker_id: str, sink: EventSink) -> None:
+        self.runtime_id = handle.runtime_id
+        self.worker_id = worker_id
+        self._handle = handle
+        self._sink = sink
+        self.stream: LiveEventStream = handle._client.live_event_stream(
+            worker_id, on_message=self._message, on_end=self._end
+        )
+        self.epoch: str | None = None  # the stream's Yoi-Stream-Epoch, once open
+
+    def __repr__(self) -> str:
+        return f"RemoteLiveEvents(runtime_id={self.runtime_id!r}, worker_id={self.worker_id!r})"
+
+    def _message(self, name: str, data: dict[str, Any]) -> None:
+        try:
+            item = parse_event(
+                name, data, runtime_id=self.runtime_id, worker_id=self.worker_id, scrubber=self._handle._scrubber
+            )
+        except YoiError as error:
+            self.stream.fail(error)
+            return
+        self._sink.event_item(item)
+        if isinstance(item, WorkerEvent) and item.event == FINAL_EVENT and not self.stream.closed:
+            self.stream.close()
+            self._sink.event_end(None)
+
+    def _end(self, error: YoiError | None) -> None:
+        if error is None:
+            # The runtime ended the stream of a live worker (restart, slow reader): resume, don't stop.
+            logger.info("runtimes.remote.stream_ended_early", extra=self.stream.ids())
+            error = RuntimeUnreachable(runtime_id=self.runtime_id, worker_id=self.worker_id)
+        if isinstance(error, TRANSPORT_FAILURES):
+            self._handle._identity_verified = False
+        self._sink.event_end(error)
+
+    def pause_reading(self) -> None:
+        """Hold the socket back."""
+        self.stream.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read again."""
+        self.stream.resume_reading()
+
+    def close(self) -> None:
+        """Stop the stream (no ``event_end``)."""
+        self.stream.close()
 
 
 class RemoteRuntimeHandle:
@@ -182,6 +235,19 @@ class RemoteRuntimeHandle:
             self.summary()
         stream = self._client.open_event_stream(worker_id, after=after)
         return RemoteEventStream(stream, runtime_id=self.runtime_id, worker_id=worker_id, scrubber=self._scrubber)
+
+    async def watch_events(self, worker_id: str, *, after: int | None, sink: EventSink) -> RemoteLiveEvents:
+        """The worker's live stream on the running event loop, pushed to ``sink`` (see EventSink)."""
+        if not self._identity_verified:
+            await asyncio.to_thread(self.summary)  # once, and again after a transport failure
+        live = RemoteLiveEvents(self, worker_id, sink)
+        try:
+            await live.stream.open(after=after)
+        except TRANSPORT_FAILURES:
+            self._identity_verified = False
+            raise
+        live.epoch = parse_stream_epoch(live.stream.epoch_header, runtime_id=self.runtime_id, worker_id=worker_id)
+        return live
 
     def close(self) -> None:
         """Release the client's pooled connections."""

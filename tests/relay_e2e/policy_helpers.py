@@ -39,7 +39,7 @@ spec = json.loads(%(spec)r)
 def login(user, expiry):
     session = SessionStore()
     session[SESSION_KEY] = str(user.pk)
-    session[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]
+    session[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[-1]  # the model backend (axes is first)
     session[HASH_SESSION_KEY] = user.get_session_auth_hash()
     if expiry:
         session.set_expiry(expiry)

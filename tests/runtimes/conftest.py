@@ -10,6 +10,7 @@ import pytest
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from runtimes.registry import registry
+from tests.runtimes.socket_server import make_client, serve  # noqa: F401  (fixtures of the client tests)
 
 
 class Listener:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
-import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -338,9 +336,9 @@ def test_without_the_connection_permission_probe_and_list_toggle_still_work(
     client: Client, remote_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client.force_login(staff_with("view_runtime", "change_runtime"))
-    fake = types.ModuleType("runtimes.health")
-    fake.probe_runtimes = lambda *, runtime_ids, **_: [FakeProbeResult("build-1", "online", "")]  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "runtimes.health", fake)
+    monkeypatch.setattr(
+        "runtimes.admin.probe_runtimes", lambda *, runtime_ids, **_: [FakeProbeResult("build-1", "online", "")]
+    )
     changelist = reverse("admin:runtimes_runtime_changelist")
     probed = client.post(changelist, {"action": "probe_now", "_selected_action": [remote_runtime.pk]}, follow=True)
     assert [str(m) for m in probed.context["messages"]] == ["build-1: online in 1.0 ms"]

@@ -69,7 +69,9 @@ class Handle:
 
 
 @pytest.fixture
-def reg(rows: Rows) -> Iterator[RuntimeRegistry]:
+def reg(rows: Rows, monkeypatch: pytest.MonkeyPatch) -> Iterator[RuntimeRegistry]:
+    # Rows in memory, not in a database: the call path's status writes have no row to go to here.
+    monkeypatch.setattr("runtimes.registry._write_now", lambda write: None)
     registry = RuntimeRegistry(loader=rows, factory=lambda conn: Handle())  # type: ignore[arg-type,return-value]
     yield registry
     registry.reset()

@@ -15,7 +15,7 @@ from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
 from runtimes.errors import RuntimeMisconfigured
-from runtimes.health import runtime_call, runtime_probe
+from runtimes.health import runtime_probe
 from runtimes.models import Runtime
 from runtimes.registry import registry
 from tests.runtimes.conftest import Listener
@@ -101,7 +101,7 @@ def test_a_forced_bad_row_sends_nothing_and_is_in_error(
     result = runtime_probe(runtime_id="forced")
     assert (result.state, result.error_code, result.reason) == ("error", "runtime_misconfigured", reason)
     with pytest.raises(RuntimeMisconfigured):
-        runtime_call("forced", lambda handle: handle.list_workers())
+        registry.call("forced", lambda handle: handle.list_workers())
     with pytest.raises(RuntimeMisconfigured):
         registry.get("forced").open_events("w-1", after=0)
     client = APIClient()

@@ -17,7 +17,7 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 from runtimes import health
 from runtimes.breaker import BASE_COOLDOWN, CircuitBreaker
 from runtimes.errors import RuntimeAuthFailed, RuntimeNotFound, RuntimeUnreachable
-from runtimes.health import HealthMonitor, probe_runtimes, runtime_call, runtime_probe
+from runtimes.health import HealthMonitor, probe_runtimes, runtime_probe
 from runtimes.models import ProbeRecord, Runtime
 from runtimes.registry import registry
 from runtimes.selectors import runtime_get_visible, runtime_list_visible
@@ -156,7 +156,7 @@ def test_runtime_call_with_an_unresolvable_token_leaves_the_row_and_the_breaker(
     remote_row("no-token", listener.base_url, token_ref=f"env:{UNSET_TOKEN_ENV}", status="online")
     for _ in range(6):
         with pytest.raises(RuntimeAuthFailed):
-            runtime_call("no-token", lambda handle: handle.list_workers())
+            registry.call("no-token", lambda handle: handle.list_workers())
     assert registry.breaker_state("no-token") == "closed"
     assert Runtime.objects.get(runtime_id="no-token").status == "online"
     assert listener.connections() == 0
@@ -310,24 +310,24 @@ def test_command_output_carries_no_address_or_token() -> None:
     assert str(port) not in out.getvalue() and TOKEN_VALUE not in out.getvalue()
 
 
-# ------------------------------------------------------------------------------ runtime_call records status
+# ------------------------------------------------------------------------------ the call path records status
 
 
-def test_runtime_call_failure_marks_the_row_at_once() -> None:
+def test_a_call_failure_marks_the_row_at_once() -> None:
     remote_row("dead", refused_url())
     with pytest.raises(RuntimeUnreachable):
-        runtime_call("dead", lambda handle: handle.list_workers())
+        registry.call("dead", lambda handle: handle.list_workers())
     row = Runtime.objects.get(runtime_id="dead")
     assert (row.status, row.status_error_code, row.consecutive_failures) == ("offline", "runtime_unreachable", 1)
 
 
-def test_runtime_call_success_marks_the_row_online_at_most_once_per_interval() -> None:
+def test_a_call_success_marks_the_row_online_at_most_once_per_interval() -> None:
     embedded_row()
-    assert runtime_call("emb", lambda handle: handle.list_workers()) == []
+    assert registry.call("emb", lambda handle: handle.list_workers()) == []
     row = Runtime.objects.get(runtime_id="emb")
     assert row.status == "online" and row.last_seen_at is not None
     Runtime.objects.filter(runtime_id="emb").update(status="offline")
-    runtime_call("emb", lambda handle: handle.list_workers())
+    registry.call("emb", lambda handle: handle.list_workers())
     assert Runtime.objects.get(runtime_id="emb").status == "offline"  # no write on the hot path
 
 

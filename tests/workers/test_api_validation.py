@@ -16,7 +16,8 @@ from rest_framework.test import APIClient
 
 from runtimes.types import WorkerDetail
 from tests.workers.conftest import ServiceSpy
-from workers.serializers import MAX_INPUT_BYTES, path_id_errors
+from workers.ids import path_id_errors
+from workers.serializers import MAX_INPUT_BYTES
 
 pytestmark = pytest.mark.django_db
 

@@ -6,10 +6,10 @@ handle whose streams the test feeds item by item (duplicates, gaps, failures, re
 
 from __future__ import annotations
 
-import queue
+import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -24,7 +24,7 @@ from runtimes.errors import (
     WorkerNotFound,
     YoiError,
 )
-from runtimes.handles.base import RuntimeHandle
+from runtimes.handles.base import EventSink, RuntimeHandle
 from runtimes.models import Runtime
 from runtimes.types import StreamReset, WorkerEvent
 from tests.workers.ws_helpers import (
@@ -46,13 +46,12 @@ from tests.workers.ws_helpers import (
     worker_settled,
 )
 from workers.relay import Subscriber, WorkerRelay, relay_hub
+from workers.relay.upstream import _Collector, _Connection
 from workers.sockets import live_sockets
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 Item = WorkerEvent | StreamReset
-# A stream nobody closed ends on its own after this long, so a failing test never leaks a blocked thread.
-STREAM_IDLE_LIMIT = 30.0
 
 
 @pytest.fixture(autouse=True)
@@ -90,44 +89,45 @@ def of_type(kind: str, frames: list[Frame | None] | list[Frame]) -> list[Frame]:
 
 # ------------------------------------------------------------------------------------------- fake upstream
 
-_END = object()
-
 
 class FakeStream:
-    """One scripted upstream: the test puts items (or an error to raise, or ``None`` to end it)."""
+    """One scripted live stream: the test puts items (or an error to end it with, or ``None`` to end it);
+    each reaches the sink on the loop, as a real stream's bytes would."""
 
-    def __init__(self, after: int | None, *, main: bool) -> None:
+    def __init__(self, after: int | None, *, main: bool, sink: EventSink) -> None:
         self.after = after
-        self.main = main  # opened by the relay's upstream thread (not a catch-up)
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._closed = threading.Event()
+        self.main = main  # the relay's upstream (not a catch-up)
+        self._sink = sink
+        self._loop = asyncio.get_running_loop()
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"FakeStream(after={self.after}, main={self.main}, closed={self.closed})"
 
     @property
     def closed(self) -> bool:
-        return self._closed.is_set()
+        return self._closed
 
     def put(self, item: Item | YoiError | None) -> None:
-        self._queue.put(_END if item is None else item)
+        self._loop.call_soon_threadsafe(self._deliver, item)
 
-    def __iter__(self) -> Iterator[Item]:
-        while not self._closed.is_set():
-            try:
-                item = self._queue.get(timeout=STREAM_IDLE_LIMIT)
-            except queue.Empty:
-                return
-            if item is _END:
-                return
-            if isinstance(item, YoiError):
-                raise item
-            assert isinstance(item, WorkerEvent | StreamReset)
-            yield item
+    def _deliver(self, item: Item | YoiError | None) -> None:
+        if self._closed:
+            return
+        if item is None or isinstance(item, YoiError):
+            self._closed = True
+            self._sink.event_end(item)
+            return
+        self._sink.event_item(item)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
 
     def close(self) -> None:
-        self._closed.set()
-        self._queue.put(_END)
+        self._closed = True
 
 
 class FakeHandle:
@@ -150,13 +150,13 @@ class FakeHandle:
     def event(self, seq: int, kind: str = "text_delta") -> WorkerEvent:
         return WorkerEvent(self.runtime_id, self.worker_id, seq, kind, {"i": seq}, ts=1000.0 + seq)
 
-    def open_events(self, worker_id: str, *, after: int | None) -> FakeStream:
+    async def watch_events(self, worker_id: str, *, after: int | None, sink: EventSink) -> FakeStream:
         with self._lock:
             if self.open_errors:
                 raise self.open_errors.pop(0)
             if worker_id != self.worker_id:
                 raise WorkerNotFound(runtime_id=self.runtime_id, worker_id=worker_id)
-            stream = FakeStream(after, main=threading.current_thread().name == "relay-upstream")
+            stream = FakeStream(after, main=not isinstance(sink, _Collector), sink=sink)
             if after is not None:
                 if after + 1 < self.earliest:
                     stream.put(StreamReset(reason="history_expired", earliest_seq=self.earliest))
@@ -204,18 +204,18 @@ class FakeRegistry:
         self.handle = handle
         self.calls = 0
 
-    def call(self, runtime_id: str, operation: Callable[[Any], Any], **_: Any) -> Any:
+    async def call_async(self, runtime_id: str, operation: Callable[[Any], Awaitable[Any]], **_: Any) -> Any:
         self.calls += 1
         if runtime_id != self.handle.runtime_id:
             raise RuntimeNotFound(runtime_id=runtime_id)
-        return operation(self.handle)
+        return await operation(self.handle)
 
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeHandle:
     """A fake runtime ``fake`` with worker ``w1``, reached by the relay instead of the real registry."""
     handle = FakeHandle()
-    monkeypatch.setattr("workers.relay.registry", FakeRegistry(handle))
+    monkeypatch.setattr("workers.relay.upstream.registry", FakeRegistry(handle))
     return handle
 
 
@@ -369,8 +369,9 @@ async def test_duplicates_from_the_upstream_are_dropped(fake: FakeHandle) -> Non
     assert seqs(frames) == [1, 2, 3]
 
     relay = the_relay()
-    relay._on_item(relay.generation, two)  # the current upstream repeating itself
-    relay._on_item(relay.generation - 1, fake.event(4))  # an upstream that was replaced: ignored
+    assert relay.upstream.current is not None
+    relay.upstream.current.event_item(two)  # the current upstream repeating itself
+    _Connection(relay.upstream).event_item(fake.event(4))  # a stream that is not the current one: ignored
     assert subscriber.queue.empty()
     assert relay.last_seq == 3
     fake.emit()
@@ -630,3 +631,24 @@ async def test_a_subscriber_far_behind_is_repaired_in_steps_without_a_reset(
     fake.emit()
     for subscriber in (live, behind):
         assert seqs(await subscriber_frames_until(subscriber, has_seq(501))) == [501]
+
+
+async def test_watched_workers_cost_no_thread_each(embedded_runtime: Runtime) -> None:
+    """Every upstream is read on the event loop: watching 30 workers starts no thread per worker."""
+    handle = await runtime_handle()
+    ids = [f"many-{i}" for i in range(30)]
+    for worker_id in ids:
+        await create_worker(handle, worker_id, profile="builtin:burst", initial_input=None, options={"count": 3})
+    before = {thread.ident for thread in threading.enumerate()}
+    subscribers = [relay_hub.subscribe("local", worker_id, after=0) for worker_id in ids]
+    for worker_id in ids:
+        await send_input(handle, worker_id, "go")
+    for subscriber in subscribers:
+        assert seqs(await subscriber_frames_until(subscriber, is_event("run_end")))[-1] >= 4
+    assert len(list(relay_hub.relays())) == 30
+    assert all(relay.upstreams_opened == 1 for relay in relay_hub.relays())
+    started = [thread.name for thread in threading.enumerate() if thread.ident not in before]
+    # Opening an embedded stream takes one hop to asyncio's default executor (a bounded pool, reused); the
+    # rest are the runtime's own burst executors: no thread is a relay's.
+    relay_threads = [name for name in started if not name.startswith(("asyncio_", "worker-run"))]
+    assert relay_threads == [], started

@@ -15,7 +15,7 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from workers.relay import Subscriber
-from workers.transport import WRITE_HIGH_WATER, DirectWriter, direct_writer, pending_write_bytes, text_frame
+from workers.transport import WRITE_HIGH_WATER, DirectWriter, direct_writer, text_frame
 
 
 def parse_frames(data: bytes) -> list[Frame]:
@@ -47,6 +47,16 @@ class FakeTransport:
         self.offset = 0
         self._tempDataLen = 0
         self.written: list[bytes] = []
+        self.producer: Any = None
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        if self.producer is not None:
+            raise RuntimeError("a producer is registered")  # as Twisted does
+        assert streaming
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
@@ -156,7 +166,6 @@ async def test_backed_up_counts_waiting_and_buffered_bytes(pair: tuple[socket.so
     assert writer.backed_up() and not writer.writable()
     writer.flush()
     protocol.transport._tempDataLen = WRITE_HIGH_WATER + 1
-    assert pending_write_bytes(functools.partial(server_reply, protocol)) == WRITE_HIGH_WATER + 1
     assert writer.backed_up()
     protocol.transport._tempDataLen = 0
     protocol.send_queue.append((b"ping", True))  # autobahn has its own bytes queued: not ours to pass
@@ -191,10 +200,61 @@ async def test_no_writer_outside_daphne(pair: tuple[socket.socket, socket.socket
         """An ASGI send of some other server."""
 
     assert direct_writer(plain_send) is None
-    assert pending_write_bytes(plain_send) is None
     protocol = FakeProtocol(FakeTransport(pair[0]))
     del protocol.send_queue  # not the autobahn this module knows
     assert direct_writer(functools.partial(server_reply, protocol)) is None
+
+
+class ChannelProducer:
+    """Twisted's HTTPChannel as the transport's producer before the upgrade: it records what it is told."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.calls.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.calls.append("resume")
+
+    def stopProducing(self) -> None:
+        self.calls.append("stop")
+
+
+async def test_the_writer_takes_the_channels_place_as_producer_and_passes_calls_on(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    protocol = FakeProtocol(FakeTransport(pair[0]))
+    channel = ChannelProducer()
+    protocol.transport.producer = channel
+    writer = direct_writer(functools.partial(server_reply, protocol))
+    assert writer is not None and protocol.transport.producer is writer
+    writer.pauseProducing()
+    writer.resumeProducing()
+    writer.stopProducing()
+    assert channel.calls == ["pause", "resume", "stop"]
+
+
+async def test_a_backed_up_writer_is_drained_when_twisted_resumes_it(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    server, _ = pair
+    writer, protocol = await make_writer(server)
+    assert protocol.transport.producer is writer  # Twisted tells the writer about its buffer
+    await asyncio.wait_for(writer.drained(), 1)  # not backed up: at once
+    protocol.transport._tempDataLen = WRITE_HIGH_WATER + 1
+    waiting = asyncio.ensure_future(writer.drained())
+    await asyncio.sleep(0)
+    writer.pauseProducing()
+    assert not waiting.done()
+    protocol.transport._tempDataLen = 0  # Twisted wrote its buffer out, then:
+    writer.resumeProducing()
+    await asyncio.wait_for(waiting, 1)
+    protocol.transport._tempDataLen = WRITE_HIGH_WATER + 1
+    waiting = asyncio.ensure_future(writer.drained())
+    await asyncio.sleep(0)
+    writer.stopProducing()  # the connection is gone: nobody waits for it
+    await asyncio.wait_for(waiting, 1)
 
 
 class RecordingWriter:
@@ -215,6 +275,9 @@ class RecordingWriter:
 
     def flush(self) -> None:
         """Nothing waits in this writer."""
+
+    async def drained(self) -> None:
+        """Never backed up for long in these tests."""
 
 
 async def test_subscriber_writes_directly_until_backed_up_then_hands_off_to_its_sender() -> None:
