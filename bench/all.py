@@ -103,7 +103,9 @@ def summarize_runs(results: dict[str, list[dict[str, Any]]]) -> tuple[list[str],
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks, print each ratio line as it comes and all of them at the end."""
-    parser = argparse.ArgumentParser(prog="python -m bench.all", description="Run every benchmark of DESIGN §9.")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.all", description="Run every benchmark of docs/performance.md's targets."
+    )
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run, noisier figures)")
     parser.add_argument("--repeat", type=int, default=1, help="run the whole set N times (median, min-max)")
     parser.add_argument("--only", default="", help="comma-separated subset of: " + ", ".join(BENCHES))

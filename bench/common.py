@@ -1031,7 +1031,7 @@ async def wait_all(events: Sequence[asyncio.Event], *, timeout: float) -> int:
 
 @dataclass(frozen=True)
 class Target:
-    """One DESIGN §9 target: ``value <op> limit``."""
+    """One target of docs/performance.md: ``value <op> limit``."""
 
     name: str
     value: float

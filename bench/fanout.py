@@ -13,8 +13,8 @@ in-memory layer, no relay logic) delivers to K clients from the same daphne in t
 All clients live in this one asyncio process, which shares the machine's cores with the servers: at
 high frame rates part of the measured latency is this process's own queueing (see ``client_cpu_s``).
 
-Targets (DESIGN §9): 1,000 clients = 1 upstream; 1,000 clients at 10 ev/s and 100 clients at 100 ev/s
-with p99 <= 250 ms and no loss; saturation >= 1.0 x the bare consumer.
+Targets (docs/performance.md, Targets): 1,000 clients = 1 upstream; 1,000 clients at 10 ev/s and 100
+clients at 100 ev/s with p99 <= 250 ms and no loss; saturation >= 1.0 x the bare consumer.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ worker detail, 10 per second, each on its own connection and thread) goes to the
 hang until the read timeout, and fast-fail once its circuit breaker opens. That stream is sent from a
 process of its own, so that its threads do not compete for the GIL of the client that takes the timings.
 
-Target (DESIGN §9): the healthy runtime's p99 unchanged within 20 % (ratio <= 1.2).
+Target (docs/performance.md, Targets): the healthy runtime's p99 unchanged within 20 % (ratio <= 1.2).
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ TOKEN_ENV = "YOI_RUNTIME_TOKEN_BENCH_ISO"
 DEAD_TOKEN_ENV = "YOI_RUNTIME_TOKEN_BENCH_ISO_DEAD"
 P99_RATIO_LIMIT = 1.2
 MAX_IN_FLIGHT = 256
-# The defaults of a runtime entry (DESIGN §7): what an operator gets without tuning.
+# The defaults of a runtime entry (docs/operations.md, the runtimes config file): what an operator gets
+# without tuning.
 DEAD_CONNECT_TIMEOUT = 2.0
 DEAD_READ_TIMEOUT = 10.0
 

@@ -5,7 +5,7 @@ closed-loop throughput and latency at 1, 8 and 32 concurrent clients. The Backen
 auth + CSRF, the registry lookup, error mapping and the audit write of a command; the load generator is
 a light keep-alive ``http.client`` per thread (it shares the machine's cores with the servers).
 
-Target (DESIGN §9): Backend p50 <= direct p50 + 2 ms, p99 <= direct p99 + 6 ms.
+Target (docs/performance.md, Targets): Backend p50 <= direct p50 + 2 ms, p99 <= direct p99 + 6 ms.
 """
 
 from __future__ import annotations

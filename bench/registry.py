@@ -6,7 +6,7 @@ every accepted connection is counted. ``manage.py probe_runtimes`` runs first, s
 status for each (90 online, 10 offline); then the list is read sequentially and with 8 clients, and the
 upstream calls it caused are counted (the list must be served from the cache).
 
-Target (DESIGN §9): p50 <= 20 ms; 0 upstream calls.
+Target (docs/performance.md, Targets): p50 <= 20 ms; 0 upstream calls.
 """
 
 from __future__ import annotations

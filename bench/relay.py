@@ -10,7 +10,8 @@ Two phases, each in rounds that alternate the paths:
 Both consumers are asyncio clients in this process (httpx for SSE, websockets for the WebSocket, each
 parses every event's JSON). The input is always sent directly to the runtime, so only delivery differs.
 
-Targets (DESIGN §9): events/s through the Backend >= 0.8 x direct SSE; added p50 latency <= 2 ms.
+Targets (docs/performance.md, Targets): events/s through the Backend >= 0.8 x direct SSE; added p50
+latency <= 2 ms.
 """
 
 from __future__ import annotations

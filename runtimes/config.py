@@ -1,4 +1,5 @@
-"""Parse and validate the runtimes config file (DESIGN §7): TOML, one ``[[runtime]]`` table per runtime.
+"""Parse and validate the runtimes config file (docs/operations.md, the runtimes config file): TOML, one
+``[[runtime]]`` table per runtime.
 
 Everything is validated before anything is applied. Problems raise ``RuntimeConfigError`` naming the entry
 (index and runtime_id), the key and the line; messages never echo a URL, a path or a ref's value. The rules

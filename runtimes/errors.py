@@ -1,4 +1,4 @@
-"""The closed error vocabulary of the Backend (DESIGN §5).
+"""The closed error vocabulary of the Backend (docs/architecture.md §5).
 
 Every failure that reaches a browser is one of these. Messages are fixed texts naming only ids; an
 upstream message passes only through ``scrub`` (runtimes/scrub.py: no URLs, hosts, paths, tracebacks or

@@ -39,7 +39,7 @@ from workers.serializers import (
     WorkerOutputSerializer,
 )
 
-# --- the closed error vocabulary (DESIGN §5 + the API's own codes, docs/api.md) --------------------------------
+# --- the closed error vocabulary (docs/architecture.md §5, docs/api.md) --------------------------------
 
 # code -> (HTTP status, when). Statuses are what workers.exceptions / runtimes.errors answer.
 ERROR_CODES: dict[str, tuple[int, str]] = {
@@ -76,7 +76,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
 ERROR_CODE_CHOICES: list[tuple[str, str]] = [(code, when) for code, (_, when) in ERROR_CODES.items()]
 # runtime_rejected answers 409 or 422; every other code has one status.
 EXTRA_STATUSES: dict[str, tuple[int, ...]] = {"runtime_rejected": (422,)}
-# The 5xx that are not Backend bugs: a runtime's failure, mapped (DESIGN §5).
+# The 5xx that are not Backend bugs: a runtime's failure, mapped (docs/architecture.md §5).
 MAPPED_UPSTREAM_CODES: dict[int, frozenset[str]] = {
     502: frozenset({"runtime_unreachable", "runtime_auth_failed", "runtime_bad_response"}),
     503: frozenset({"runtime_disabled", "runtime_misconfigured", "runtime_busy", "runtime_circuit_open"}),
@@ -132,7 +132,7 @@ class ErrorSerializer(serializers.Serializer[Any]):
 
 
 class ErrorEnvelopeSerializer(serializers.Serializer[Any]):
-    """Every error under /api/: ``{"error": {...}}`` (DESIGN §5)."""
+    """Every error under /api/: ``{"error": {...}}`` (docs/architecture.md §5)."""
 
     error = ErrorSerializer()
 

@@ -1,4 +1,4 @@
-"""Browser API viewsets (DESIGN §4): parse and validate, call one service, render.
+"""Browser API viewsets (docs/api.md): parse and validate, call one service, render.
 
 Ids are checked here, before any service call, so that a bad id is a 400 ``invalid_request`` and never
 reaches a runtime. Errors are rendered by ``workers.exceptions.api_exception_handler``.

@@ -6,8 +6,8 @@ port). Generated path ids are sometimes swapped for those runtimes and for worke
 the success paths are exercised as well as the 400/404 ones.
 
 Every response must conform to the schema (status code, content type, body), and no response may be a
-5xx other than the mapped upstream failures of DESIGN §5 (502/503/504 with one of their codes) of the dead
-runtime.
+5xx other than the mapped upstream failures of docs/api.md's error table (502/503/504 with one of their
+codes) of the dead runtime.
 
 One test per operation and generation mode (valid data / data invalid in one place), each a Hypothesis test
 over the operation's schemathesis strategy. (``schemathesis.pytest.from_fixture`` would be the shorter way,

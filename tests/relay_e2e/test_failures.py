@@ -1,4 +1,5 @@
-"""Failures on the event socket of a real Backend: one error frame, then close 4000 + status (DESIGN §5, §6).
+"""Failures on the event socket of a real Backend: one error frame, then close 4000 + status
+(docs/architecture.md §4, §5).
 
 One Backend serves the module, with three runtime rows: a real runtime whose token the Backend gets
 wrong (it answers 401), a port nothing listens on, and a healthy runtime.

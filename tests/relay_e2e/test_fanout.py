@@ -1,4 +1,4 @@
-"""Fan-out through a real Backend: many browsers on one worker share ONE upstream (DESIGN §6).
+"""Fan-out through a real Backend: many browsers on one worker share ONE upstream (docs/architecture.md §4).
 
 A browser that stops reading (a 4 KiB kernel receive buffer, a tiny websockets queue, and no reads until
 the fast ones are done) must get a ``slow_consumer`` reset while the others are unaffected. Loopback still

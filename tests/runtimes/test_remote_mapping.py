@@ -1,4 +1,5 @@
-"""The remote handle's error mapping (DESIGN §5), one test per row, over ``responses`` mocks and canned bodies.
+"""The remote handle's error mapping (docs/architecture.md §5), one test per row, over ``responses`` mocks and
+canned bodies.
 
 Every test checks the error class, code and browser status, how many upstream calls were made, that the
 Backend's token went in the Authorization header, and that nothing raised or logged names the runtime's

@@ -1,4 +1,5 @@
-"""The browser API over a remote runtime mocked with ``responses``: one test per row of the DESIGN §5 table.
+"""The browser API over a remote runtime mocked with ``responses``: one test per row of the error table
+(docs/api.md).
 
 Every test goes through the real stack (view -> service -> registry -> breaker -> handle -> client), checks the
 browser status and error code, how many upstream calls were made, and that each one carried the Backend's

@@ -1,4 +1,5 @@
-"""The browser's event socket through the real router (DESIGN §5, §6): handshake, errors, frames, cursors."""
+"""The browser's event socket through the real router (docs/architecture.md §4, §5): handshake, errors, frames,
+cursors."""
 
 from __future__ import annotations
 

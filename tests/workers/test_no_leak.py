@@ -1,4 +1,4 @@
-"""No leak (DESIGN §4, §10; STYLE "Secrets"): a runtime's address and token never reach a browser or a log.
+"""No leak (docs/architecture.md §1): a runtime's address and token never reach a browser or a log.
 
 A parametrized matrix over every browser API endpoint and every error path of the §5 table (plus the
 successes): the response body, every header, every captured log record (all loggers at DEBUG), every typed

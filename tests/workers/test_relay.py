@@ -1,4 +1,5 @@
-"""The event relay (DESIGN §6): one upstream per watched worker, fan-out, cursors, repair, reconnects.
+"""The event relay (docs/architecture.md §4): one upstream per watched worker, fan-out, cursors, repair,
+reconnects.
 
 Two kinds of upstream: the embedded runtime (real worker semantics, in-process), and a scripted fake
 handle whose streams the test feeds item by item (duplicates, gaps, failures, resets on demand).
